@@ -1,0 +1,1 @@
+"""FacialNet in JAX/Flax: gender and age-group recognition from face images."""
