@@ -1,0 +1,400 @@
+"""Pieces shared by the face data set builders (Adience, UTKFace): configs, raw file reading,
+parallel decode + preprocess, exact-duplicate removal and the accounting of dropped rows.
+
+A builder turns its label source into `FaceRecord`s, calls `prepare_records` with an
+`ImageSource` (a folder or an archive), and yields the records it gets back. Every row that does
+not become an example is in the `DropLog`, whose `metadata()` goes into `builder.info.metadata`.
+"""
+
+import collections
+import concurrent.futures
+import dataclasses
+import hashlib
+import os
+import pathlib
+import tarfile
+import zipfile
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import cv2
+import numpy as np
+import tensorflow_datasets as tfds
+
+from facialnet_jax import preprocessing
+
+UNKNOWN = -1
+# At most this many dropped rows are listed one by one in the metadata (all are counted).
+MAX_LISTED_DROPS = 2000
+
+# Why a label row did not become an example. The first three are "bad records": they stop the
+# build unless skip_bad_records is set. Duplicates are always dropped (when the config says so).
+MALFORMED_LINE = 'malformed_line'
+MISSING_IMAGE = 'missing_image'
+UNREADABLE_IMAGE = 'unreadable_image'
+DUPLICATE_ROW = 'duplicate_row'
+DUPLICATE_IMAGE = 'duplicate_image'
+DROP_REASONS = (MALFORMED_LINE, MISSING_IMAGE, UNREADABLE_IMAGE, DUPLICATE_ROW, DUPLICATE_IMAGE)
+DROP_REASON_DESCRIPTIONS = {
+    MALFORMED_LINE: 'the label line could not be parsed',
+    MISSING_IMAGE: 'the image the row names is not in the manual dir',
+    UNREADABLE_IMAGE: 'the image file could not be read or decoded',
+    DUPLICATE_ROW: 'the row names an image that an earlier row already names',
+    DUPLICATE_IMAGE: 'the image is byte-identical to the image of an earlier row',
+}
+
+
+# ------------------------------------------------------------------------------------------
+# Builder configs: stored image size and colour.
+
+
+@dataclasses.dataclass(eq=False)
+class FaceImageConfig(tfds.core.BuilderConfig):
+  """A stored image format: `image_size`×`image_size`, 1 (gray) or 3 (RGB) channels.
+
+  `drop_duplicates`: drop rows whose image is byte-identical to an earlier row's (the paper's
+  preprocessing). A custom config with `drop_duplicates=False` (and its own name) keeps them.
+  """
+  image_size: int = preprocessing.DEFAULT_IMAGE_SIZE
+  channels: int = 1
+  drop_duplicates: bool = True
+
+  def __post_init__(self):
+    if self.channels not in (1, 3):
+      raise ValueError(f'Config {self.name}: channels must be 1 or 3, got {self.channels}.')
+    if self.image_size < 8:
+      raise ValueError(f'Config {self.name}: image_size must be at least 8, got {self.image_size}.')
+
+
+def image_config_name(image_size: int, channels: int) -> str:
+  return f"{'gray' if channels == 1 else 'rgb'}{image_size}"
+
+
+# 75 is the paper's input; 96 leaves room for random-crop augmentation down to 75.
+STANDARD_IMAGE_FORMATS = ((75, 1), (96, 1), (75, 3), (96, 3))
+
+
+def standard_image_configs(config_cls: type[FaceImageConfig] = FaceImageConfig,
+                           **config_kwargs) -> list[FaceImageConfig]:
+  """gray75 (default, the paper's), gray96, rgb75, rgb96."""
+  configs = []
+  for image_size, channels in STANDARD_IMAGE_FORMATS:
+    colour = 'grayscale' if channels == 1 else 'RGB'
+    configs.append(config_cls(
+        name=image_config_name(image_size, channels),
+        description=f'Faces stored as {image_size}×{image_size} {colour}, exact duplicates dropped.',
+        image_size=image_size, channels=channels, **config_kwargs))
+  return configs
+
+
+def image_feature(config: FaceImageConfig) -> tfds.features.Image:
+  # PNG: lossless, so the stored pixels are exactly what preprocess_face returned.
+  return tfds.features.Image(shape=(config.image_size, config.image_size, config.channels),
+                             encoding_format='png')
+
+
+# ------------------------------------------------------------------------------------------
+# Dropped rows: raise (default) or record, and always count.
+
+
+class BadRecordError(ValueError):
+  """A label row that cannot become an example; the message is one line saying what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DroppedRow:
+  reason: str  # One of DROP_REASONS.
+  where: str  # 'fold_2_data.txt line 17' or a file name.
+  detail: str
+
+
+class DropLog:
+  """Counts every dropped row by reason; raises BadRecordError on bad records unless skipping."""
+
+  def __init__(self, skip_bad_records: bool, skip_hint: str):
+    """`skip_hint` ends each error message, e.g. 'or pass skip_bad_records=True to skip them'."""
+    self.skip_bad_records = skip_bad_records
+    self._skip_hint = skip_hint
+    self.dropped: list[DroppedRow] = []
+
+  def bad_record(self, reason: str, where: str, problem: str, fix: str) -> None:
+    """Raises `where: problem; fix, skip_hint` or, when skipping, records the row as dropped."""
+    if not self.skip_bad_records:
+      raise BadRecordError(f'{where}: {problem}; {fix}, {self._skip_hint}.')
+    self.dropped.append(DroppedRow(reason, where, problem))
+
+  def duplicate(self, reason: str, where: str, detail: str) -> None:
+    self.dropped.append(DroppedRow(reason, where, detail))
+
+  def counts(self) -> dict[str, int]:
+    counts = dict.fromkeys(DROP_REASONS, 0)
+    counts.update(collections.Counter(row.reason for row in self.dropped))
+    return counts
+
+  def metadata(self) -> dict[str, Any]:
+    return {
+        'skip_bad_records': self.skip_bad_records,
+        'dropped_rows_total': len(self.dropped),
+        'dropped_rows_by_reason': self.counts(),
+        'drop_reasons': DROP_REASON_DESCRIPTIONS,
+        'dropped_rows': [dataclasses.asdict(row) for row in self.dropped[:MAX_LISTED_DROPS]],
+        'dropped_rows_listed': min(len(self.dropped), MAX_LISTED_DROPS),
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# Where the raw images are: a folder or an archive, read without extracting.
+
+
+class ImageSource:
+  """Raw images addressed by relative paths such as 'faces/<user>/<file>.jpg'."""
+
+  def describe(self) -> str:
+    raise NotImplementedError
+
+  def iter_payloads(self, paths: set[str]) -> Iterator[tuple[str, bytes | pathlib.Path]]:
+    """Yields (path, bytes or a file path to read) for each of `paths` that is present."""
+    raise NotImplementedError
+
+  def missing_before_reading(self, paths: set[str]) -> set[str]:
+    """Paths known to be missing without reading everything (folders); empty for archives."""
+    del paths
+    return set()
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderSource(ImageSource):
+  """Images under `root`, at `root / path`."""
+  root: pathlib.Path
+
+  def describe(self) -> str:
+    return f'folder {self.root}'
+
+  def missing_before_reading(self, paths: set[str]) -> set[str]:
+    return {path for path in paths if not (self.root / path).is_file()}
+
+  def iter_payloads(self, paths: set[str]) -> Iterator[tuple[str, pathlib.Path]]:
+    for path in sorted(paths):
+      file_path = self.root / path
+      if file_path.is_file():
+        yield path, file_path  # Read in the worker threads, in parallel.
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchiveSource(ImageSource):
+  """Images inside a .tar, .tar.gz, .tgz or .zip archive, streamed in one pass.
+
+  A member's path is its last `path_depth` components ('x/faces/u/f.jpg' → 'faces/u/f.jpg'
+  for depth 3), so archives with an extra top folder or a './' prefix work too.
+  """
+  archive: pathlib.Path
+  path_depth: int
+
+  def describe(self) -> str:
+    return f'archive {self.archive}'
+
+  def _key(self, member_name: str) -> str:
+    parts = [part for part in member_name.replace('\\', '/').split('/') if part not in ('', '.')]
+    return '/'.join(parts[-self.path_depth:])
+
+  def iter_payloads(self, paths: set[str]) -> Iterator[tuple[str, bytes]]:
+    if self.archive.name.endswith('.zip'):
+      with zipfile.ZipFile(self.archive) as archive:
+        for info in archive.infolist():
+          key = self._key(info.filename)
+          if not info.is_dir() and key in paths:
+            yield key, archive.read(info)
+      return
+    # 'r|*' streams: one sequential pass, no seeking back through a 2 GB gzip file.
+    with tarfile.open(self.archive, mode='r|*') as archive:
+      for member in archive:
+        if not member.isfile():
+          continue
+        key = self._key(member.name)
+        if key in paths:
+          yield key, archive.extractfile(member).read()
+
+
+def is_archive(path: pathlib.Path) -> bool:
+  return path.name.endswith(('.tar', '.tar.gz', '.tgz', '.zip'))
+
+
+# ------------------------------------------------------------------------------------------
+# Records: one label row each, turned into an example by prepare_records.
+
+
+@dataclasses.dataclass
+class FaceRecord:
+  """One label row. `labels` are ClassLabel indices (-1 unknown); `features` the other features.
+
+  `key` must be unique and stable (it orders the shuffled examples), e.g. 'fold2:17'.
+  `image`, `digest` and `masked_labels` are filled in by prepare_records.
+  """
+  key: str
+  split: str
+  where: str
+  image_path: str
+  labels: dict[str, int]
+  features: dict[str, Any]
+  image: bytes | None = None
+  digest: str | None = None
+  masked_labels: list[str] = dataclasses.field(default_factory=list)
+
+  def example(self) -> dict[str, Any]:
+    return {'image': self.image, **self.labels, **self.features}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Processed:
+  png: bytes | None
+  digest: str | None
+  error: str | None
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+  """PNG bytes of a (H, W, 1) gray or (H, W, 3) RGB uint8 array."""
+  if pixels.shape[-1] == 3:
+    pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
+  ok, encoded = cv2.imencode('.png', pixels)
+  if not ok:
+    raise ValueError('PNG encoding failed.')
+  return encoded.tobytes()
+
+
+def _process_one(payload: bytes | pathlib.Path, image_size: int, channels: int) -> _Processed:
+  try:
+    data = payload.read_bytes() if isinstance(payload, pathlib.Path) else payload
+  except OSError as error:
+    return _Processed(None, None, f'cannot read it ({error.strerror or error})')
+  digest = hashlib.sha1(data).hexdigest()
+  try:
+    pixels = preprocessing.preprocess_face(data, image_size, channels)
+  except ValueError as error:
+    return _Processed(None, digest, str(error))
+  return _Processed(encode_png(pixels), digest, None)
+
+
+def default_num_workers() -> int:
+  return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+
+
+def preprocess_payloads(payloads: Iterable[tuple[str, bytes | pathlib.Path]], image_size: int,
+                        channels: int, num_workers: int | None = None
+                        ) -> Iterator[tuple[str, _Processed]]:
+  """Decodes + preprocesses + PNG-encodes in a thread pool, keeping memory bounded.
+
+  Threads, not processes: cv2's decode, resize and encode and hashlib release the GIL, so
+  threads use every core without pickling images between processes, while the calling thread
+  keeps reading (for example decompressing a tar.gz).
+  """
+  num_workers = num_workers or default_num_workers()
+  max_in_flight = 32 * num_workers
+  cv2.setNumThreads(1)  # Parallelism comes from the pool; cv2's own threads would oversubscribe.
+  with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
+    in_flight = collections.deque()
+    for path, payload in payloads:
+      in_flight.append((path, pool.submit(_process_one, payload, image_size, channels)))
+      while len(in_flight) >= max_in_flight:
+        done_path, future = in_flight.popleft()
+        yield done_path, future.result()
+    while in_flight:
+      done_path, future = in_flight.popleft()
+      yield done_path, future.result()
+
+
+def prepare_records(records: Sequence[FaceRecord], source: ImageSource,
+                    config: FaceImageConfig, drop_log: DropLog, missing_fix: str,
+                    unreadable_fix: str, num_workers: int | None = None) -> list[FaceRecord]:
+  """Reads, preprocesses and de-duplicates the images of `records`; returns those to keep.
+
+  Every record that is not returned is in `drop_log` (or a BadRecordError was raised). In a
+  group of byte-identical images the first record (in the given order) is kept; where the
+  copies disagree on a label, the kept record's label is set to -1 (unknown) rather than
+  trusting either copy (an unknown label conflicts with nothing).
+  """
+  wanted = {record.image_path for record in records}
+  by_path = collections.defaultdict(list)
+  for record in records:
+    by_path[record.image_path].append(record)
+
+  # Folders tell us what is missing before we spend time decoding.
+  missing = source.missing_before_reading(wanted)
+  for record in records:
+    if record.image_path in missing:
+      drop_log.bad_record(MISSING_IMAGE, record.where,
+                          f'image {record.image_path} is missing', missing_fix)
+
+  processed = dict(preprocess_payloads(source.iter_payloads(wanted - missing), config.image_size,
+                                       config.channels, num_workers))
+  usable = []
+  for record in records:
+    if record.image_path in missing:
+      continue
+    result = processed.get(record.image_path)
+    if result is None:
+      drop_log.bad_record(MISSING_IMAGE, record.where,
+                          f'image {record.image_path} is not in {source.describe()}', missing_fix)
+    elif result.error is not None:
+      drop_log.bad_record(UNREADABLE_IMAGE, record.where,
+                          f'image {record.image_path} is unreadable ({result.error})',
+                          unreadable_fix)
+    else:
+      record.image = result.png
+      record.digest = result.digest
+      usable.append(record)
+  if not config.drop_duplicates:
+    return usable
+  return drop_exact_duplicates(usable, drop_log)
+
+
+def drop_exact_duplicates(records: Sequence[FaceRecord], drop_log: DropLog) -> list[FaceRecord]:
+  """Keeps the first record of each group of byte-identical images (see prepare_records)."""
+  groups = collections.defaultdict(list)
+  for record in records:
+    groups[record.digest].append(record)
+  kept = []
+  for record in records:
+    group = groups[record.digest]
+    first = group[0]
+    if record is not first:
+      reason = DUPLICATE_ROW if record.image_path == first.image_path else DUPLICATE_IMAGE
+      drop_log.duplicate(reason, record.where,
+                         f'{record.image_path} is identical to {first.image_path} '
+                         f'kept from {first.where}')
+      continue
+    for name in record.labels:
+      # Only known labels can contradict each other: 'm' and 'u' do not conflict.
+      if len({other.labels[name] for other in group} - {UNKNOWN}) > 1:
+        record.labels[name] = UNKNOWN
+        record.masked_labels.append(name)
+    kept.append(record)
+  return kept
+
+
+def label_masking_counts(records: Iterable[FaceRecord]) -> dict[str, int]:
+  """Per label: how many kept records had it set to -1 because their duplicates disagreed."""
+  counts = collections.Counter(name for record in records for name in record.masked_labels)
+  return dict(sorted(counts.items()))
+
+
+def count_values(values: Iterable[str]) -> dict[str, int]:
+  """Occurrences per value, most common first (for the metadata)."""
+  return dict(collections.Counter(values).most_common())
+
+
+def split_records(records: Iterable[FaceRecord], split_names: Sequence[str]
+                  ) -> Mapping[str, list[FaceRecord]]:
+  by_split = {name: [] for name in split_names}
+  for record in records:
+    by_split[record.split].append(record)
+  return by_split
+
+
+def describe_preprocessing(config: FaceImageConfig) -> dict[str, Any]:
+  return {
+      'function': 'facialnet_jax.preprocessing.preprocess_face',
+      'image_size': config.image_size,
+      'channels': config.channels,
+      'steps': 'largest centred square of the face crop, BT.601 luma (gray) or RGB, '
+               'INTER_AREA resize (INTER_LINEAR when enlarging), stored as PNG (lossless)',
+      'drop_duplicates': config.drop_duplicates,
+  }
