@@ -1,0 +1,130 @@
+"""TFDS builder for Adience: the official five subject-exclusive folds, faces preprocessed as in
+the paper (75×75 grayscale by default), from the files a registered user downloads."""
+
+import dataclasses
+import pathlib
+import time
+
+import tensorflow_datasets as tfds
+
+from facialnet_jax import adience_files
+from facialnet_jax import age_groups
+from facialnet_jax import tfds_common
+
+SKIP_HINT = ("or build with skip_bad_records=True to skip such rows (Python: tfds.builder("
+             "'tfds_adience/gray75', skip_bad_records=True); command line: tfds build "
+             "tfds_adience/gray75/skip_bad_records=True --imports "
+             "tfds_adience.tfds_adience_dataset_builder --manual_dir DIR)")
+UNREADABLE_FIX = 'replace the file with a good copy from the Adience archive'
+
+
+@dataclasses.dataclass(eq=False)
+class AdienceConfig(tfds_common.FaceImageConfig):
+  """Stored image format, plus which crops to read: 'auto' (aligned if present, else faces),
+  'aligned' (landmark_aligned_face.*) or 'faces' (coarse_tilt_aligned_face.*)."""
+  crops: str = 'auto'
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+  """Adience gender and age-group benchmark, one split per official fold."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Official folds, FacialNet preprocessing, drop accounting.'}
+  BUILDER_CONFIGS = tfds_common.standard_image_configs(AdienceConfig)
+  DEFAULT_BUILDER_CONFIG_NAME = 'gray75'
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+Adience needs a (free) registration, so TFDS cannot download it for you.
+1. Register at https://talhassner.github.io/home/projects/Adience/Adience-data.html#agegender
+   and open the download location you are given.
+2. Download into one folder, the manual dir:
+   * the label files fold_0_data.txt, fold_1_data.txt, fold_2_data.txt, fold_3_data.txt and
+     fold_4_data.txt, and
+   * aligned.tar.gz (landmark-aligned faces; used when present) and/or faces.tar.gz (coarse
+     tilt-aligned faces).
+   Leave the archives packed: they are read directly. Their extracted folders aligned/ and
+   faces/ work too (aligned/<user_id>/landmark_aligned_face.<face_id>.<original_image>).
+3. From the repository root: tfds build tfds_adience --config gray75 --manual_dir DIR
+   (Python: tfds.builder('tfds_adience/gray75').download_and_prepare(
+   download_config=tfds.download.DownloadConfig(manual_dir=DIR))).
+No registration yet? `python -m facialnet_jax.demo_data DIR` writes a synthetic data set in
+the same layout.
+"""
+
+  def __init__(self, *, skip_bad_records: bool = False, num_workers: int | None = None,
+               **kwargs):
+    """`skip_bad_records`: drop (and count) rows with a missing or unreadable image or a
+    malformed line instead of stopping. `num_workers`: decode threads (default: all cores)."""
+    super().__init__(**kwargs)
+    self._skip_bad_records = skip_bad_records
+    self._num_workers = num_workers
+    self._original_state.update(skip_bad_records=skip_bad_records, num_workers=num_workers)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    config = self.builder_config
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            'image': tfds_common.image_feature(config),
+            'gender': tfds.features.ClassLabel(names=age_groups.GENDER_NAMES),
+            'age_group': tfds.features.ClassLabel(names=age_groups.AGE_GROUP_NAMES),
+            'age_label': tfds.features.Text(),
+            'user_id': tfds.features.Text(),
+            'face_id': tfds.features.Text(),
+            'original_image': tfds.features.Text(),
+        }),
+        supervised_keys=None,
+        homepage='https://talhassner.github.io/home/projects/Adience/Adience-data.html',
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    start = time.perf_counter()
+    config = self.builder_config
+    label_dir = adience_files.find_label_dir(self._manual_dir(dl_manager))
+    drop_log = tfds_common.DropLog(self._skip_bad_records, SKIP_HINT)
+
+    rows, malformed = adience_files.read_folds(label_dir)
+    for line in malformed:
+      drop_log.bad_record(tfds_common.MALFORMED_LINE, line.where,
+                          f'malformed label line ({line.problem})',
+                          'fix the line or restore the original fold file')
+    crops, source = adience_files.choose_image_source(label_dir, config.crops)
+    records = adience_files.records_from_rows(rows, crops)
+    kept = tfds_common.prepare_records(
+        records, source, config, drop_log,
+        missing_fix=adience_files.missing_image_fix(crops, source),
+        unreadable_fix=UNREADABLE_FIX, num_workers=self._num_workers)
+    by_split = tfds_common.split_records(kept, adience_files.SPLIT_NAMES)
+
+    self.info.metadata.clear()
+    self.info.metadata.update({
+        'crops': crops,
+        'image_source': source.describe(),
+        'label_rows': len(rows) + len(malformed),
+        'examples': len(kept),
+        'examples_per_split': {name: len(split) for name, split in by_split.items()},
+        **drop_log.metadata(),
+        'labels_masked_by_conflicting_duplicates': tfds_common.label_masking_counts(kept),
+        'age_strings_without_group': tfds_common.count_values(
+            row.age_label for row in rows
+            if age_groups.age_group_from_label(row.age_label) == age_groups.UNKNOWN),
+        'gender_strings_unknown': tfds_common.count_values(
+            row.gender_label for row in rows
+            if age_groups.gender_from_label(row.gender_label) == age_groups.UNKNOWN),
+        'preprocessing': tfds_common.describe_preprocessing(config),
+        'prepare_seconds': round(time.perf_counter() - start, 1),
+    })
+    return {name: self._generate_examples(split) for name, split in by_split.items()}
+
+  def _generate_examples(self, records):
+    for record in records:
+      yield record.key, record.example()
+
+  def _manual_dir(self, dl_manager: tfds.download.DownloadManager) -> pathlib.Path:
+    # tfds's own message for a missing manual dir points at <data_dir>/downloads/manual,
+    # which confuses users; say what to pass instead.
+    try:
+      return pathlib.Path(dl_manager.manual_dir)
+    except AssertionError as error:
+      raise FileNotFoundError(
+          f'{error}\nPass the folder with the Adience files as --manual_dir DIR (command line) '
+          'or download_config=tfds.download.DownloadConfig(manual_dir=DIR) (Python).') from None
