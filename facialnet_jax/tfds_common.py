@@ -6,6 +6,7 @@ A builder turns its label source into `FaceRecord`s, calls `prepare_records` wit
 not become an example is in the `DropLog`, whose `metadata()` goes into `builder.info.metadata`.
 """
 
+import abc
 import collections
 import concurrent.futures
 import dataclasses
@@ -21,8 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from facialnet_jax import preprocessing
-
-UNKNOWN = -1
+from facialnet_jax.age_groups import UNKNOWN
 # At most this many dropped rows are listed one by one in the metadata (all are counted).
 MAX_LISTED_DROPS = 2000
 
@@ -145,15 +145,16 @@ class DropLog:
 # Where the raw images are: a folder or an archive, read without extracting.
 
 
-class ImageSource:
+class ImageSource(abc.ABC):
   """Raw images addressed by relative paths such as 'faces/<user>/<file>.jpg'."""
 
+  @abc.abstractmethod
   def describe(self) -> str:
-    raise NotImplementedError
+    """For messages: 'folder /data/adience' or 'archive /data/adience/faces.tar.gz'."""
 
+  @abc.abstractmethod
   def iter_payloads(self, paths: set[str]) -> Iterator[tuple[str, bytes | pathlib.Path]]:
     """Yields (path, bytes or a file path to read) for each of `paths` that is present."""
-    raise NotImplementedError
 
   def missing_before_reading(self, paths: set[str]) -> set[str]:
     """Paths known to be missing without reading everything (folders); empty for archives."""
@@ -288,17 +289,22 @@ def preprocess_payloads(payloads: Iterable[tuple[str, bytes | pathlib.Path]], im
   """
   num_workers = num_workers or default_num_workers()
   max_in_flight = 32 * num_workers
-  cv2.setNumThreads(1)  # Parallelism comes from the pool; cv2's own threads would oversubscribe.
-  with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
-    in_flight = collections.deque()
-    for path, payload in payloads:
-      in_flight.append((path, pool.submit(_process_one, payload, image_size, channels)))
-      while len(in_flight) >= max_in_flight:
+  # Parallelism comes from the pool; cv2's own threads would oversubscribe the cores.
+  cv2_threads = cv2.getNumThreads()
+  cv2.setNumThreads(1)
+  try:
+    with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
+      in_flight = collections.deque()
+      for path, payload in payloads:
+        in_flight.append((path, pool.submit(_process_one, payload, image_size, channels)))
+        while len(in_flight) >= max_in_flight:
+          done_path, future = in_flight.popleft()
+          yield done_path, future.result()
+      while in_flight:
         done_path, future = in_flight.popleft()
         yield done_path, future.result()
-    while in_flight:
-      done_path, future = in_flight.popleft()
-      yield done_path, future.result()
+  finally:
+    cv2.setNumThreads(cv2_threads)
 
 
 def prepare_records(records: Sequence[FaceRecord], source: ImageSource,

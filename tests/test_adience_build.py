@@ -132,9 +132,11 @@ def test_folder_build_labels_and_split_expressions(folder_build, raw_dir):
   rows, _ = adience_files.read_folds(raw_dir)
   assert folder_build.info.metadata['crops'] == 'faces'
   assert folder_build.info.metadata['examples'] == len(rows) == 20
-  both = read_split(folder_build, 'fold0+fold1')
-  assert len(both) == folder_build.info.splits['fold0'].num_examples + \
-      folder_build.info.splits['fold1'].num_examples
+  train, test = adience_files.train_and_test_splits(test_fold=2)
+  assert (train, test) == ('fold0+fold1+fold3+fold4', 'fold2')
+  train_users = {example['user_id'] for example in read_split(folder_build, train)}
+  test_users = {example['user_id'] for example in read_split(folder_build, test)}
+  assert len(train_users) == 8 and len(test_users) == 2 and not train_users & test_users
   features = folder_build.info.features
   assert features['gender'].names == ['m', 'f']
   assert features['age_group'].names == ['0-2', '4-6', '8-13', '15-20', '25-32', '38-43',

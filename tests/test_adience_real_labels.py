@@ -59,3 +59,4 @@ def test_repeated_lines_name_the_same_image(rows):
   paths = collections.Counter(row.image_path('faces') for row in rows)
   assert sum(count - 1 for count in paths.values()) == 117
   assert len(paths) == 19370
+

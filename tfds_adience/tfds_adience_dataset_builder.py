@@ -53,7 +53,11 @@ the same layout.
   def __init__(self, *, skip_bad_records: bool = False, num_workers: int | None = None,
                **kwargs):
     """`skip_bad_records`: drop (and count) rows with a missing or unreadable image or a
-    malformed line instead of stopping. `num_workers`: decode threads (default: all cores)."""
+    malformed line instead of stopping. `num_workers`: decode threads (default: all cores).
+
+    Neither is part of the config: on the same files a strict build either fails or writes
+    exactly what a skipping build writes, so both can share one data directory.
+    """
     super().__init__(**kwargs)
     self._skip_bad_records = skip_bad_records
     self._num_workers = num_workers
