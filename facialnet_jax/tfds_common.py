@@ -215,10 +215,6 @@ class ArchiveSource(ImageSource):
           yield key, archive.extractfile(member).read()
 
 
-def is_archive(path: pathlib.Path) -> bool:
-  return path.name.endswith(('.tar', '.tar.gz', '.tgz', '.zip'))
-
-
 # ------------------------------------------------------------------------------------------
 # Records: one label row each, turned into an example by prepare_records.
 
@@ -227,7 +223,8 @@ def is_archive(path: pathlib.Path) -> bool:
 class FaceRecord:
   """One label row. `labels` are ClassLabel indices (-1 unknown); `features` the other features.
 
-  `key` must be unique and stable (it orders the shuffled examples), e.g. 'fold2:17'.
+  `key` must be unique and stable (TFDS orders the shuffled examples by it), e.g. '2-000017'
+  for fold 2, line 17. `where` says the same for people: 'fold_2_data.txt line 17'.
   `image`, `digest` and `masked_labels` are filled in by prepare_records.
   """
   key: str
@@ -318,9 +315,6 @@ def prepare_records(records: Sequence[FaceRecord], source: ImageSource,
   trusting either copy (an unknown label conflicts with nothing).
   """
   wanted = {record.image_path for record in records}
-  by_path = collections.defaultdict(list)
-  for record in records:
-    by_path[record.image_path].append(record)
 
   # Folders tell us what is missing before we spend time decoding.
   missing = source.missing_before_reading(wanted)
