@@ -123,16 +123,21 @@ def write_demo_raw(out_dir: str | pathlib.Path, num_subjects: int = DEFAULT_NUM_
                      tuple(len(lines) - 1 for lines in fold_lines))
 
 
-def demo_tfds_data_dir(data_dir: str | pathlib.Path, num_subjects: int = DEFAULT_NUM_SUBJECTS,
+def demo_tfds_data_dir(data_dir: str | pathlib.Path | None = None,
+                       num_subjects: int = DEFAULT_NUM_SUBJECTS,
                        images_per_subject: int = DEFAULT_IMAGES_PER_SUBJECT,
                        image_size: int = DEFAULT_IMAGE_SIZE, seed: int = DEFAULT_SEED
                        ) -> pathlib.Path:
   """The TFDS data_dir of one demo variant; its raw files are in <that>/raw.
 
-  Apart from the real Adience (which lives at <data_dir>/tfds_adience), so the two never mix.
+  It is a folder below `data_dir` (None or '': TFDS's default, ~/tensorflow_datasets), apart
+  from where a real Adience build goes (<data_dir>/tfds_adience), so the two never mix.
   """
+  if not data_dir:
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    data_dir = tfds.core.constants.get_default_data_dir()
   variant = f'{num_subjects}x{images_per_subject}_{image_size}px_seed{seed}'
-  return pathlib.Path(data_dir) / 'synthetic_adience_demo' / variant
+  return pathlib.Path(data_dir).expanduser() / 'synthetic_adience_demo' / variant
 
 
 @contextlib.contextmanager
@@ -146,7 +151,7 @@ def _exclusive_lock(path: pathlib.Path):
       fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
-def ensure_demo_dataset(data_dir: str | pathlib.Path, config: str = 'gray75',
+def ensure_demo_dataset(data_dir: str | pathlib.Path | None = None, config: str = 'gray75',
                         num_subjects: int = DEFAULT_NUM_SUBJECTS,
                         images_per_subject: int = DEFAULT_IMAGES_PER_SUBJECT,
                         image_size: int = DEFAULT_IMAGE_SIZE, seed: int = DEFAULT_SEED,
@@ -154,9 +159,10 @@ def ensure_demo_dataset(data_dir: str | pathlib.Path, config: str = 'gray75',
   """Returns the prepared tfds_adience builder of the synthetic demo, writing and building it
   first when needed (idempotent; about 0.1 s when already built).
 
-  The data set lives under `demo_tfds_data_dir(data_dir, ...)`. Use the returned builder as
-  usual: `builder.as_dataset(split='fold1+fold2+fold3+fold4')`, `builder.as_data_source()`
-  (with file_format='array_record'), `builder.info.metadata`.
+  The data set lives under `demo_tfds_data_dir(data_dir, ...)`, not in `data_dir` itself: use
+  the returned builder (`builder.as_dataset(split='fold1+fold2+fold3+fold4')`,
+  `builder.as_data_source()` with file_format='array_record', `builder.info.metadata`), or pass
+  `demo_tfds_data_dir(...)` as the data_dir of `tfds.builder('tfds_adience/gray75', ...)`.
   """
   # Imported here: the raw-data writer must not need TensorFlow.
   from tfds_adience import tfds_adience_dataset_builder  # pylint: disable=import-outside-toplevel

@@ -112,3 +112,9 @@ def test_ensure_demo_dataset_builds_once(tmp_path):
   assert again.data_dir == builder.data_dir
   example = next(iter(again.as_dataset(split='fold0')))
   assert tuple(example['image'].shape) == (75, 75, 1)
+
+
+def test_demo_data_dir_defaults_to_the_tfds_data_dir(monkeypatch, tmp_path):
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path))
+  assert demo_data.demo_tfds_data_dir('') == demo_data.demo_tfds_data_dir(tmp_path)
+  assert demo_data.demo_tfds_data_dir(None).parent.parent == tmp_path
