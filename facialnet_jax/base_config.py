@@ -1,0 +1,87 @@
+"""Every config key with the paper's recipe as its default; files in configs/ override a few."""
+
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  """The paper's recipe on Adience with the honest protocol (test fold 0)."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.dtype = 'float32'  # or 'bfloat16' compute (parameters stay float32)
+  config.model.batch_norm = False  # the paper has none
+  config.model.conv_implementation = 'xla'
+  config.model.input_size = 75  # the paper's 75×75 input; stored images may be larger
+  config.model.pixel_mean = 0.5
+  config.model.pixel_std = 0.25
+
+  config.data = ml_collections.ConfigDict()
+  config.data.source = 'tfds'  # 'tfds' or 'synthetic' (in memory, no files)
+  config.data.name = 'tfds_adience'
+  config.data.builder_config = 'gray75'
+  config.data.data_dir = ''  # '' = TFDS's default (~/tensorflow_datasets)
+  config.data.demo = False  # generate and build the synthetic demo data set on first use
+  # Fold-based protocol: test on this fold, train on the other four. -1 = use the named splits.
+  config.data.test_fold = 0
+  config.data.train_split = 'train'
+  config.data.validation_split = ''  # '' = carve from train by subject
+  config.data.test_split = 'test'
+  config.data.validation_fraction = 0.1
+  config.data.pipeline = 'device'  # 'device' (whole split in device memory) or 'streaming'
+  config.data.shuffle_buffer = 20_000  # streaming pipeline only
+  config.data.synthetic_train_examples = 1200
+  config.data.synthetic_test_examples = 300
+  config.data.synthetic_image_size = 75
+
+  config.augment = ml_collections.ConfigDict()
+  config.augment.enabled = True
+  config.augment.flip = True
+  config.augment.zoom = 0.1  # scale drawn from [1 - zoom, 1 + zoom]
+  config.augment.shift = 0.06  # fraction of the image size, each direction
+  config.augment.rotation_degrees = 10.0
+  config.augment.brightness = 0.15  # added to [0, 1] pixels
+  config.augment.contrast = 0.2  # factor drawn from [1 - contrast, 1 + contrast]
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.gender_weight = 1.0
+  config.loss.age_weight = 1.0
+
+  config.optimizer = ml_collections.ConfigDict()
+  # The paper gives 0.01 in one place and 2e-3 in another; 2e-3 won its own sweep over
+  # 0.1 … 0.001 and also learned faster on real faces here (STACK_NOTES), so it is the default.
+  config.optimizer.learning_rate = 2e-3
+  config.optimizer.momentum = 0.9
+  config.optimizer.nesterov = False
+  config.optimizer.weight_decay = 0.01  # the paper's L2; 5e-4 fitted better on UTKFace
+  config.optimizer.grad_clip_norm = 0.0  # 0 = no clipping
+
+  config.schedule = ml_collections.ConfigDict()
+  # 'constant', 'piecewise', 'cosine' (with linear warm-up) or 'plateau' (the paper's: lower the
+  # rate when the training loss stops improving).
+  config.schedule.name = 'plateau'
+  config.schedule.warmup_epochs = 0.0
+  config.schedule.boundaries_epochs = (50, 75)  # piecewise
+  config.schedule.decay_factor = 0.1  # piecewise
+  config.schedule.cosine_final_fraction = 0.0
+  config.schedule.plateau_factor = 0.1
+  config.schedule.plateau_patience = 5  # in units of plateau_epochs
+  config.schedule.plateau_cooldown = 0
+  config.schedule.plateau_rtol = 1e-3
+  config.schedule.plateau_epochs = 1.0  # the loss is averaged over this many epochs
+  config.schedule.plateau_min_scale = 1e-3
+
+  config.batch_size = 25
+  config.eval_batch_size = 250
+  config.num_epochs = 100
+  config.steps_per_dispatch = 0  # train steps per compiled call; 0 = auto (1 on CPU, 100 on GPU)
+  config.log_every_steps = 100
+  config.eval_every_epochs = 1
+  config.skip_nonfinite = False  # True: skip NaN/inf steps instead of stopping
+  config.profile_steps = 0  # > 0: write a profiler trace of this many steps
+
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every_steps = 0  # 0 = at the end of every epoch
+  config.checkpoint.keep = 3
+  config.checkpoint.best_metric = 'age_accuracy'  # a validation metric, higher is better
+  return config

@@ -1,0 +1,45 @@
+"""Checks of config values that types alone cannot catch, each failing with a one-line fix."""
+
+from facialnet_jax import optim
+from facialnet_jax.errors import UserError
+
+_POSITIVE_INTS = ('batch_size', 'eval_batch_size', 'num_epochs',
+                  'log_every_steps', 'eval_every_epochs', 'checkpoint.keep', 'model.input_size')
+_NON_NEGATIVE = ('optimizer.learning_rate', 'optimizer.weight_decay', 'optimizer.grad_clip_norm',
+                 'checkpoint.every_steps', 'steps_per_dispatch', 'loss.gender_weight',
+                 'loss.age_weight', 'schedule.warmup_epochs', 'profile_steps')
+_CHOICES = {
+    'data.pipeline': ('device', 'streaming'),
+    'data.source': ('tfds', 'synthetic'),
+    'model.dtype': ('float32', 'bfloat16'),
+    'schedule.name': optim.SCHEDULES,
+    'checkpoint.best_metric': ('gender_accuracy', 'age_accuracy', 'age_one_off_accuracy'),
+}
+
+
+def _get(config, dotted: str):
+  value = config
+  for part in dotted.split('.'):
+    value = value[part]
+  return value
+
+
+def check_config(config) -> None:
+  """Raises UserError naming the key, the bad value and what would work."""
+  for key in _POSITIVE_INTS:
+    if _get(config, key) <= 0:
+      raise UserError(f'config.{key}={_get(config, key)} must be a positive integer.')
+  for key in _NON_NEGATIVE:
+    if _get(config, key) < 0:
+      raise UserError(f'config.{key}={_get(config, key)} must not be negative.')
+  for key, choices in _CHOICES.items():
+    if _get(config, key) not in choices:
+      raise UserError(f'config.{key}={_get(config, key)!r} is not one of {", ".join(choices)}.')
+  if not 0 <= config.optimizer.momentum < 1:
+    raise UserError(f'config.optimizer.momentum={config.optimizer.momentum} must be in [0, 1).')
+  if not 0 < config.data.validation_fraction < 1 and not config.data.validation_split:
+    raise UserError(f'config.data.validation_fraction={config.data.validation_fraction} must be '
+                    'between 0 and 1 (exclusive) when the validation split is carved from train.')
+  if config.loss.gender_weight == 0 and config.loss.age_weight == 0:
+    raise UserError('config.loss.gender_weight and config.loss.age_weight are both 0: '
+                    'nothing would be learned.')

@@ -1,0 +1,155 @@
+"""Where the data come from: TFDS builds or an in-memory synthetic set, split into train/validation/test.
+
+Protocol: on fold-based data (Adience) the test split is one whole fold and the validation split
+is carved from the training folds by subject, so no person is in two splits and the test fold is
+never used to choose anything.
+"""
+
+import dataclasses
+import importlib
+import os
+import zlib
+
+import numpy as np
+
+from facialnet_jax import adience_files
+from facialnet_jax import demo_faces
+from facialnet_jax.errors import UserError
+
+# Data set name → module whose import registers its TFDS builder.
+TFDS_BUILDER_MODULES = {
+    'tfds_adience': 'tfds_adience.tfds_adience_dataset_builder',
+    'tfds_utkface': 'tfds_utkface.tfds_utkface_dataset_builder',
+}
+# Subjects are assigned to validation by a hash bucket of their id out of this many.
+_VALIDATION_BUCKETS = 10_000
+
+
+@dataclasses.dataclass
+class HostSplit:
+  """A split in host memory: uint8 images (N, S, S, C), int32 labels (-1 unknown), subject ids."""
+  image: np.ndarray
+  gender: np.ndarray
+  age_group: np.ndarray
+  subject_id: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.image)
+
+  def arrays(self) -> dict[str, np.ndarray]:
+    return {'image': self.image, 'gender': self.gender, 'age_group': self.age_group}
+
+  def select(self, mask: np.ndarray) -> 'HostSplit':
+    return HostSplit(self.image[mask], self.gender[mask], self.age_group[mask],
+                     self.subject_id[mask])
+
+
+def is_validation_subject(subject_ids: np.ndarray, fraction: float) -> np.ndarray:
+  """True for the subjects held out for validation: a stable hash of the id, not a random draw,
+  so the same people are held out in every run and on every machine."""
+  threshold = int(round(fraction * _VALIDATION_BUCKETS))
+  buckets = np.array([zlib.crc32(str(s).encode()) % _VALIDATION_BUCKETS for s in subject_ids],
+                     dtype=np.int64)
+  return buckets < threshold
+
+
+def carve_validation(train: HostSplit, fraction: float) -> tuple[HostSplit, HostSplit]:
+  """Splits training data into (train, validation) by subject."""
+  held_out = is_validation_subject(train.subject_id, fraction)
+  if fraction > 0 and (held_out.all() or not held_out.any()):
+    raise UserError(f'config.data.validation_fraction={fraction} leaves '
+                    f'{"no training" if held_out.all() else "no validation"} subjects among '
+                    f'{len(np.unique(train.subject_id))}; choose a fraction between 0 and 1 '
+                    'that fits this data set.')
+  return train.select(~held_out), train.select(held_out)
+
+
+def split_names(data_config) -> dict[str, str]:
+  """TFDS split expressions for train (before validation is carved), validation and test."""
+  if data_config.test_fold >= 0:
+    if data_config.test_fold >= adience_files.NUM_FOLDS:
+      raise UserError(f'config.data.test_fold={data_config.test_fold} does not exist; '
+                      f'use 0..{adience_files.NUM_FOLDS - 1}.')
+    train, test = adience_files.train_and_test_splits(data_config.test_fold)
+    return {'train': train, 'validation': '', 'test': test}
+  return {'train': data_config.train_split, 'validation': data_config.validation_split,
+          'test': data_config.test_split}
+
+
+def synthetic_split(num_examples: int, image_size: int, seed: int,
+                    unknown_fraction: float = 0.05) -> HostSplit:
+  """Synthetic faces drawn in memory (no files): labels are learnable from the drawing.
+
+  About `unknown_fraction` of the labels of each head are set to -1 (unknown).
+  """
+  rng = np.random.default_rng(seed)
+  gender = rng.integers(0, 2, num_examples).astype(np.int32)
+  age_group = rng.integers(0, 8, num_examples).astype(np.int32)
+  images = np.stack([
+      demo_faces.draw_face(rng, int(g), int(a), image_size).mean(axis=-1, keepdims=True)
+      for g, a in zip(gender, age_group)]).astype(np.uint8)
+  gender[rng.random(num_examples) < unknown_fraction] = -1
+  age_group[rng.random(num_examples) < unknown_fraction] = -1
+  # Four images per synthetic subject, so carving by subject is exercised.
+  subject_id = np.array([f'synthetic-{seed}-{i // 4}' for i in range(num_examples)])
+  return HostSplit(images, gender, age_group, subject_id)
+
+
+def tfds_builder(data_config):
+  """The TFDS builder named by the config; a clear error when it has not been built.
+
+  With `data.demo` the synthetic demo data set is generated and built first when missing.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  if data_config.demo:
+    from facialnet_jax import demo_data  # pylint: disable=import-outside-toplevel
+    return demo_data.ensure_demo_dataset(data_config.data_dir or None,
+                                         config=data_config.builder_config)
+  name = data_config.name
+  if name not in TFDS_BUILDER_MODULES:
+    raise UserError(f'config.data.name={name!r} is not a known data set; use one of '
+                    f'{sorted(TFDS_BUILDER_MODULES)} or config.data.source="synthetic".')
+  importlib.import_module(TFDS_BUILDER_MODULES[name])
+  data_dir = os.path.expanduser(data_config.data_dir) if data_config.data_dir else None
+  builder = tfds.builder(f'{name}/{data_config.builder_config}', data_dir=data_dir)
+  if not builder.is_prepared():
+    raise UserError(
+        f'The data set {name}/{data_config.builder_config} has not been built in '
+        f'{builder.data_dir_root}; build it with `tfds build {name} '
+        f'--config {data_config.builder_config} --manual_dir DIR'
+        f'{" --data_dir " + data_dir if data_dir else ""}` (see README.md, "Data").')
+  return builder
+
+
+def load_tfds_split(builder, split: str) -> HostSplit:
+  """Reads a whole split into host memory (about 6 kB per 75×75 grayscale face)."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  try:
+    examples = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+  except (ValueError, KeyError) as error:
+    raise UserError(f'Split {split!r} of {builder.name} cannot be read ({error}); its splits '
+                    f'are {sorted(builder.info.splits)}.') from None
+  return HostSplit(examples['image'], examples['gender'].astype(np.int32),
+                   examples['age_group'].astype(np.int32),
+                   np.array([s.decode() for s in examples['user_id']]))
+
+
+def load_splits(config) -> dict[str, HostSplit]:
+  """Host-memory train, validation and test splits as the config describes them."""
+  data = config.data
+  if data.source == 'synthetic':
+    train = synthetic_split(data.synthetic_train_examples, data.synthetic_image_size, config.seed)
+    test = synthetic_split(data.synthetic_test_examples, data.synthetic_image_size,
+                           config.seed + 1)
+    train, validation = carve_validation(train, data.validation_fraction)
+    return {'train': train, 'validation': validation, 'test': test}
+  if data.source != 'tfds':
+    raise UserError(f'config.data.source={data.source!r} is unknown; use "tfds" or "synthetic".')
+  builder = tfds_builder(data)
+  names = split_names(data)
+  train = load_tfds_split(builder, names['train'])
+  if names['validation']:
+    validation = load_tfds_split(builder, names['validation'])
+  else:
+    train, validation = carve_validation(train, data.validation_fraction)
+  return {'train': train, 'validation': validation, 'test': load_tfds_split(builder, names['test'])}

@@ -1,0 +1,71 @@
+"""Masked multi-task loss and CLU metric collections; a label of -1 means unknown and is left out."""
+
+import jax
+import jax.numpy as jnp
+import optax
+from clu import metrics
+
+UNKNOWN_LABEL = -1
+
+
+def masked_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean softmax cross-entropy over the examples whose label is known (0 when none is)."""
+  known = labels != UNKNOWN_LABEL
+  per_example = optax.softmax_cross_entropy_with_integer_labels(
+      logits, jnp.where(known, labels, 0))
+  # The max(…, 1) keeps an all-unknown batch at exactly zero loss and zero gradient.
+  return jnp.sum(jnp.where(known, per_example, 0.0)) / jnp.maximum(jnp.sum(known), 1)
+
+
+def multitask_loss(logits: dict[str, jax.Array], batch: dict[str, jax.Array],
+                   gender_weight: float, age_weight: float) -> tuple[jax.Array, dict]:
+  """Weighted sum of the two heads' masked losses, plus the per-head terms."""
+  gender_loss = masked_cross_entropy(logits['gender'], batch['gender'])
+  age_loss = masked_cross_entropy(logits['age'], batch['age_group'])
+  loss = gender_weight * gender_loss + age_weight * age_loss
+  return loss, {'gender_loss': gender_loss, 'age_loss': age_loss}
+
+
+def _per_example_cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
+
+
+def _gender_loss(gender_logits, gender, **_):
+  return {'values': _per_example_cross_entropy(gender_logits, gender),
+          'mask': gender != UNKNOWN_LABEL}
+
+
+def _age_loss(age_logits, age_group, **_):
+  return {'values': _per_example_cross_entropy(age_logits, age_group),
+          'mask': age_group != UNKNOWN_LABEL}
+
+
+def _gender_accuracy(gender_logits, gender, **_):
+  return {'values': (jnp.argmax(gender_logits, -1) == gender).astype(jnp.float32),
+          'mask': gender != UNKNOWN_LABEL}
+
+
+def _age_accuracy(age_logits, age_group, **_):
+  return {'values': (jnp.argmax(age_logits, -1) == age_group).astype(jnp.float32),
+          'mask': age_group != UNKNOWN_LABEL}
+
+
+def _age_one_off_accuracy(age_logits, age_group, **_):
+  """The standard Adience 1-off metric: the predicted group is the true one or a neighbour."""
+  distance = jnp.abs(jnp.argmax(age_logits, -1) - age_group)
+  return {'values': (distance <= 1).astype(jnp.float32), 'mask': age_group != UNKNOWN_LABEL}
+
+
+# Per-example averages over known labels only.
+_PER_EXAMPLE_METRICS = {
+    'gender_loss': metrics.Average.from_fun(_gender_loss),
+    'age_loss': metrics.Average.from_fun(_age_loss),
+    'gender_accuracy': metrics.Average.from_fun(_gender_accuracy),
+    'age_accuracy': metrics.Average.from_fun(_age_accuracy),
+    'age_one_off_accuracy': metrics.Average.from_fun(_age_one_off_accuracy),
+}
+# Evaluation of whole splits.
+EvalMetrics = metrics.Collection.create(**_PER_EXAMPLE_METRICS)
+# Training adds the optimised (weighted, batch-mean) loss, averaged over steps.
+TrainMetrics = metrics.Collection.create(loss=metrics.Average.from_output('loss'),
+                                         **_PER_EXAMPLE_METRICS)

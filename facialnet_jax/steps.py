@@ -1,0 +1,84 @@
+"""Pure train and eval steps: (state, batch) → (state, metrics), compiled by their callers."""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from facialnet_jax import augment
+from facialnet_jax import metrics as metrics_lib
+from facialnet_jax.train_state import NO_STEP, TrainState
+
+# Keys of a batch: uint8 images (B, S, S, C) and int32 labels, -1 where unknown.
+BATCH_KEYS = ('image', 'gender', 'age_group')
+
+
+def step_keys(seed: int, step: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Augmentation and dropout keys for one step, from (seed, step) alone: resumes reproduce them."""
+  return tuple(jax.random.split(jax.random.fold_in(jax.random.key(seed), step)))
+
+
+def _variables(state: TrainState, params) -> dict:
+  variables = {'params': params}
+  if state.batch_stats:
+    variables['batch_stats'] = state.batch_stats
+  return variables
+
+
+def make_train_step(model, tx: optax.GradientTransformationExtraArgs, config) -> Callable:
+  """Returns train_step(state, batch) → (state, TrainMetrics).
+
+  A step whose loss or gradient norm is not finite leaves the state untouched apart from the
+  step counter and the non-finite counters, so the caller can stop (or go on) with good weights.
+  """
+  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, metrics_lib.TrainMetrics]:
+    augment_key, dropout_key = step_keys(config.seed, state.step)
+    images = augment.prepare_images(batch['image'], augment_key, config)
+
+    def loss_fn(params):
+      mutable = ['batch_stats'] if state.batch_stats else False
+      outputs = model.apply(_variables(state, params), images, train=True,
+                            rngs={'dropout': dropout_key}, mutable=mutable)
+      logits, updates = outputs if mutable else (outputs, {})
+      loss, _ = metrics_lib.multitask_loss(logits, batch, config.loss.gender_weight,
+                                           config.loss.age_weight)
+      return loss, (logits, updates.get('batch_stats', state.batch_stats))
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
+    params = optax.apply_updates(state.params, updates)
+
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+    keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep_if_finite(params, state.params),
+        batch_stats=keep_if_finite(batch_stats, state.batch_stats),
+        opt_state=keep_if_finite(opt_state, state.opt_state),
+        nonfinite_steps=state.nonfinite_steps + jnp.where(finite, 0, 1),
+        first_nonfinite_step=jnp.where(
+            ~finite & (state.first_nonfinite_step == NO_STEP), state.step,
+            state.first_nonfinite_step),
+    )
+    step_metrics = metrics_lib.TrainMetrics.single_from_model_output(
+        loss=loss, gender_logits=logits['gender'], age_logits=logits['age'],
+        gender=batch['gender'], age_group=batch['age_group'])
+    return new_state, keep_if_finite(step_metrics, metrics_lib.TrainMetrics.empty())
+
+  return train_step
+
+
+def make_eval_step(model, config) -> Callable:
+  """Returns eval_step(state, batch) → (EvalMetrics, {'gender', 'age'} class probabilities)."""
+  def eval_step(state: TrainState, batch: dict):
+    images = augment.prepare_images(batch['image'], None, config)
+    logits = model.apply(_variables(state, state.params), images, train=False)
+    step_metrics = metrics_lib.EvalMetrics.single_from_model_output(
+        gender_logits=logits['gender'], age_logits=logits['age'],
+        gender=batch['gender'], age_group=batch['age_group'])
+    probabilities = {head: jax.nn.softmax(head_logits) for head, head_logits in logits.items()}
+    return step_metrics, probabilities
+
+  return eval_step

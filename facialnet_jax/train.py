@@ -1,0 +1,224 @@
+"""train_and_evaluate(config, workdir): the loop around the compiled steps, with resume, checkpoints,
+metrics and a final, honest test evaluation."""
+
+import json
+import os
+import time
+
+import jax
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from facialnet_jax import checkpointing
+from facialnet_jax import config_checks
+from facialnet_jax import device_data
+from facialnet_jax import input_pipeline
+from facialnet_jax import models
+from facialnet_jax import optim
+from facialnet_jax import sharding
+from facialnet_jax import steps
+from facialnet_jax import train_state as train_state_lib
+from facialnet_jax.errors import UserError
+
+CONFIG_FILE = 'config.json'
+RESULTS_FILE = 'results.json'
+
+
+class TrainingDiverged(UserError):
+  """The loss or the gradients became NaN or infinite."""
+
+
+def next_stop(step: int, total_steps: int, epoch_steps: int, config) -> int:
+  """Where the host next looks at the run: the next epoch end, checkpoint or log line.
+
+  Stops depend on the step alone, so a resumed run stops exactly where an uninterrupted one does.
+  """
+  every = [epoch_steps, config.log_every_steps]
+  if config.checkpoint.every_steps:
+    every.append(config.checkpoint.every_steps)
+  return min([total_steps] + [(step // n + 1) * n for n in every if n > 0])
+
+
+def _host_metrics(collection) -> dict[str, float]:
+  return {k: float(v) for k, v in jax.device_get(collection).compute().items()}
+
+
+def _format_metrics(values: dict[str, float]) -> str:
+  return (f'gender {100 * values["gender_accuracy"]:.1f}%, age {100 * values["age_accuracy"]:.1f}%'
+          f' (1-off {100 * values["age_one_off_accuracy"]:.1f}%)')
+
+
+def save_config(config, workdir: str) -> None:
+  """Writes the resolved config beside the checkpoints (process 0 only)."""
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def _prepare_workdir(workdir: str) -> str:
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_test_{jax.process_index()}')
+    with open(probe, 'w'):
+      pass
+    os.remove(probe)
+  except OSError as error:
+    raise UserError(f'--workdir {workdir} cannot be written ({error.strerror}); choose a '
+                    'directory you can write to.') from None
+  return workdir
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains per `config`, resuming from `workdir` when it holds checkpoints, and returns the
+  final results (also written to workdir/results.json)."""
+  config_checks.check_config(config)
+  workdir = _prepare_workdir(workdir)
+  mesh = sharding.create_mesh()
+  sharding.check_divisible(config.batch_size, mesh, 'config.batch_size')
+  sharding.check_divisible(config.eval_batch_size, mesh, 'config.eval_batch_size')
+
+  splits = input_pipeline.load_splits(config)
+  for name, split in splits.items():
+    if len(split) == 0:
+      raise UserError(f'The {name} split is empty; check config.data (splits, '
+                      'validation_fraction) and the data set.')
+  logging.info('Data: %s', ', '.join(f'{n} {len(s)} examples' for n, s in splits.items()))
+  epoch_steps = device_data.steps_per_epoch(len(splits['train']), config.batch_size)
+  total_steps = epoch_steps * config.num_epochs
+  channels = splits['train'].image.shape[-1]
+  image_shape = (config.model.input_size, config.model.input_size, channels)
+
+  model = models.create_model(config.model)
+  tx = optim.create_optimizer(config, epoch_steps)
+  state = train_state_lib.create_train_state_on_mesh(model, tx, config.seed, image_shape, mesh)
+  logging.info('FacialNet: %d parameters; %d devices (%s); batch %d; %d steps per epoch.',
+               sum(x.size for x in jax.tree.leaves(state.params)), jax.device_count(),
+               jax.devices()[0].platform, config.batch_size, epoch_steps)
+
+  checkpoints = checkpointing.RunCheckpoints(workdir, config.checkpoint.keep,
+                                             config.checkpoint.best_metric)
+  restored = checkpointing.restore_latest(checkpoints.latest,
+                                          checkpointing.abstract_like(state))
+  if restored is not None:
+    state, meta = restored
+    if meta['steps_per_epoch'] != epoch_steps:
+      raise UserError(
+          f'{workdir} holds a run with {meta["steps_per_epoch"]} steps per epoch, but this config '
+          f'gives {epoch_steps}: the data or batch size changed. Use a new --workdir.')
+  step = int(jax.device_get(state.step))
+  if restored is not None:
+    logging.info('Resuming from the checkpoint at step %d (epoch %d, batch %d of %d) in %s.',
+                 step, step // epoch_steps + 1, step % epoch_steps, epoch_steps,
+                 checkpoints.latest.directory)
+  else:
+    logging.info('No checkpoint in %s: starting from scratch.', checkpoints.latest.directory)
+  save_config(config, workdir)
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  train_feed = device_data.DeviceTrainFeed(
+      steps.make_train_step(model, tx, config), splits['train'].arrays(), config.batch_size,
+      config.seed, mesh, device_data.dispatch_steps(config.steps_per_dispatch))
+  eval_step = steps.make_eval_step(model, config)
+  evaluators = {name: device_data.DeviceEvaluator(eval_step, splits[name].arrays(),
+                                                  config.eval_batch_size, mesh)
+                for name in ('validation', 'test')}
+  learning_rate_now = jax.jit(
+      lambda step, opt_state: optim.current_learning_rate(config, epoch_steps, step, opt_state))
+  hooks = [periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
+                                           every_secs=30)]
+  if config.profile_steps and jax.process_index() == 0:
+    hooks.append(periodic_actions.Profile(num_profile_steps=config.profile_steps,
+                                          logdir=workdir))
+
+  def meta_for(at_step: int) -> dict:
+    return {'step': at_step, 'epoch': at_step // epoch_steps,
+            'steps_per_epoch': epoch_steps, 'num_train_examples': len(splits['train']),
+            'model': config.model.to_dict()}
+
+  seen_nonfinite = int(jax.device_get(state.nonfinite_steps))
+  epoch_metrics = None
+  epoch_start_time, epoch_start_step = time.monotonic(), step
+  with jax.transfer_guard('disallow'):
+    while step < total_steps:
+      stop = next_stop(step, total_steps, epoch_steps, config)
+      state, chunk_metrics = train_feed.run(state, stop - step)
+      step = stop
+      epoch_metrics = chunk_metrics if epoch_metrics is None else epoch_metrics.merge(
+          chunk_metrics)
+      for hook in hooks:
+        hook(step)
+
+      nonfinite = int(jax.device_get(state.nonfinite_steps))
+      if nonfinite > seen_nonfinite:
+        first_bad = int(jax.device_get(state.first_nonfinite_step))
+        if not config.skip_nonfinite:
+          checkpoints.wait()
+          last_good = checkpoints.latest.latest_step()
+          raise TrainingDiverged(
+              f'The loss or gradients became NaN/inf at step {first_bad}; training stopped. '
+              f'The last good checkpoint is step {last_good} in {checkpoints.latest.directory}. '
+              'Lower config.optimizer.learning_rate, set config.optimizer.grad_clip_norm, or set '
+              'config.skip_nonfinite=True to skip such batches.')
+        logging.warning('Skipped %d NaN/inf steps so far (the first at step %d).', nonfinite,
+                        first_bad)
+        seen_nonfinite = nonfinite
+
+      if step % config.log_every_steps == 0 or step % epoch_steps == 0:
+        learning_rate = learning_rate_now(state.step, state.opt_state)
+        writer.write_scalars(step, {f'train/{k}': v for k, v in
+                                    _host_metrics(chunk_metrics).items()}
+                             | {'learning_rate': float(jax.device_get(learning_rate))})
+
+      epoch_ended = step % epoch_steps == 0
+      epoch = step // epoch_steps
+      if epoch_ended and (epoch % config.eval_every_epochs == 0 or step == total_steps):
+        train_values = _host_metrics(epoch_metrics)
+        validation_values = _host_metrics(evaluators['validation'](state)[0])
+        writer.write_scalars(step, {f'validation/{k}': v for k, v in validation_values.items()})
+        elapsed = time.monotonic() - epoch_start_time
+        images_per_second = (step - epoch_start_step) * config.batch_size / max(elapsed, 1e-9)
+        logging.info('Epoch %d/%d: train loss %.4f, %s | validation %s | %.0f images/s, %.1f s.',
+                     epoch, config.num_epochs, train_values['loss'],
+                     _format_metrics(train_values), _format_metrics(validation_values),
+                     images_per_second, elapsed)
+        checkpoints.save_if_best(step, state, meta_for(step), validation_values)
+        epoch_metrics = None
+        epoch_start_time, epoch_start_step = time.monotonic(), step
+      if ((config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0)
+          or (not config.checkpoint.every_steps and epoch_ended) or step == total_steps):
+        checkpoints.save(step, state, meta_for(step))
+  writer.flush()
+  checkpoints.wait()
+
+  results = final_evaluation(config, checkpoints, state, evaluators)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, RESULTS_FILE), 'w') as f:
+      json.dump(results, f, indent=2, sort_keys=True)
+  for name, values in results['test'].items():
+    logging.info('Test (%s checkpoint, step %d): %s', name, values['step'],
+                 _format_metrics(values))
+  checkpoints.close()
+  writer.close()
+  return results
+
+
+def final_evaluation(config, checkpoints, state, evaluators) -> dict:
+  """Test metrics of the final state and of the best-by-validation checkpoint.
+
+  The test split is evaluated only here, once training has finished, so nothing about the
+  run was chosen by looking at it.
+  """
+  results = {'test': {}, 'validation': {}}
+  candidates = {'final': state}
+  best_step = checkpoints.best.best_step()
+  if best_step is not None:
+    candidates['best'], _ = checkpointing.restore(checkpoints.best, best_step,
+                                                  checkpointing.abstract_like(state))
+  for name, candidate in candidates.items():
+    at_step = int(jax.device_get(candidate.step))
+    for split in ('validation', 'test'):
+      values = _host_metrics(evaluators[split](candidate)[0])
+      results[split][name] = values | {'step': at_step}
+  results['best_metric'] = f'validation {config.checkpoint.best_metric}'
+  return results
