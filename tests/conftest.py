@@ -11,22 +11,21 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / 'shared' / 'data'
 
 
+# configs/base_config.py shrunk to seconds on a CPU: 72 synthetic training faces, batch 8.
+TINY_OVERRIDES = {
+    'data.source': 'synthetic', 'data.test_fold': -1, 'data.synthetic_train_examples': 72,
+    'data.synthetic_test_examples': 21, 'data.validation_fraction': 0.15, 'batch_size': 8,
+    'eval_batch_size': 16, 'num_epochs': 2, 'log_every_steps': 4, 'schedule.name': 'constant',
+    'optimizer.weight_decay': 0.0005,
+}
+
+
 def tiny_config(**overrides):
-  """configs/synthetic.py shrunk to seconds on a CPU: 64 training faces, batch 8."""
+  """The base config with TINY_OVERRIDES, then `overrides` (dotted keys as keyword names
+  are not possible, so pass them as **{'a.b': value})."""
   from facialnet_jax.base_config import get_base_config  # pylint: disable=import-outside-toplevel
   config = get_base_config()
-  config.data.source = 'synthetic'
-  config.data.test_fold = -1
-  config.data.synthetic_train_examples = 72
-  config.data.synthetic_test_examples = 21
-  config.data.validation_fraction = 0.15
-  config.batch_size = 8
-  config.eval_batch_size = 16
-  config.num_epochs = 2
-  config.log_every_steps = 4
-  config.schedule.name = 'constant'
-  config.optimizer.weight_decay = 5e-4
-  for key, value in overrides.items():
+  for key, value in (TINY_OVERRIDES | overrides).items():
     target = config
     *parents, leaf = key.split('.')
     for parent in parents:
@@ -35,12 +34,9 @@ def tiny_config(**overrides):
   return config
 
 
-TINY_FLAGS = (
-    '--config.data.source=synthetic', '--config.data.test_fold=-1',
-    '--config.data.synthetic_train_examples=72', '--config.data.synthetic_test_examples=21',
-    '--config.data.validation_fraction=0.15', '--config.batch_size=8',
-    '--config.eval_batch_size=16', '--config.num_epochs=2', '--config.log_every_steps=4',
-    '--config.schedule.name=constant', '--config.optimizer.weight_decay=0.0005')
+def tiny_flags(**overrides) -> list[str]:
+  """TINY_OVERRIDES (and `overrides`) as launch.py flags, for configs/synthetic.py."""
+  return [f'--config.{key}={value}' for key, value in (TINY_OVERRIDES | overrides).items()]
 
 
 def run_launch(*args, devices: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
