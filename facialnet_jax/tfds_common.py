@@ -1,21 +1,23 @@
 """Pieces shared by the face data set builders (Adience, UTKFace): configs, raw file reading,
 parallel decode + preprocess, exact-duplicate removal and the accounting of dropped rows.
 
-A builder turns its label source into `FaceRecord`s, calls `prepare_records` with an
-`ImageSource` (a folder or an archive), and yields the records it gets back. Every row that does
-not become an example is in the `DropLog`, whose `metadata()` goes into `builder.info.metadata`.
+A builder (a `FaceDatasetBuilder`) turns its label source into `FaceRecord`s, calls
+`prepare_records` with an `ImageSource` (a folder or an archive), and yields the records it gets
+back. Every row that does not become an example is in the `DropLog`, whose `metadata()` goes into
+`builder.info.metadata`.
 """
 
 import abc
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import os
 import pathlib
 import tarfile
 import zipfile
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -35,7 +37,8 @@ DUPLICATE_ROW = 'duplicate_row'
 DUPLICATE_IMAGE = 'duplicate_image'
 DROP_REASONS = (MALFORMED_LINE, MISSING_IMAGE, UNREADABLE_IMAGE, DUPLICATE_ROW, DUPLICATE_IMAGE)
 DROP_REASON_DESCRIPTIONS = {
-    MALFORMED_LINE: 'the label line could not be parsed',
+    MALFORMED_LINE: 'the labels could not be parsed (a label file line, or a file name that '
+                    'holds them)',
     MISSING_IMAGE: 'the image the row names is not in the manual dir',
     UNREADABLE_IMAGE: 'the image file could not be read or decoded',
     DUPLICATE_ROW: 'the row names an image that an earlier row already names',
@@ -100,6 +103,14 @@ class BadRecordError(ValueError):
   """A label row that cannot become an example; the message is one line saying what to do."""
 
 
+def skip_hint(dataset_name: str, config_name: str = 'gray75') -> str:
+  """How to skip bad records instead, from Python and from the command line (ends error lines)."""
+  return (f'or build with skip_bad_records=True to skip such rows (Python: tfds.builder('
+          f"'{dataset_name}/{config_name}', skip_bad_records=True); command line: tfds build "
+          f'{dataset_name}/{config_name}/skip_bad_records=True --imports '
+          f'{dataset_name}.{dataset_name}_dataset_builder --manual_dir DIR)')
+
+
 @dataclasses.dataclass(frozen=True)
 class DroppedRow:
   reason: str  # One of DROP_REASONS.
@@ -145,12 +156,28 @@ class DropLog:
 # Where the raw images are: a folder or an archive, read without extracting.
 
 
+ARCHIVE_SUFFIXES = ('.tar.gz', '.tgz', '.tar', '.zip')
+
+
+def find_archive(directory: pathlib.Path, stem: str) -> pathlib.Path | None:
+  """`directory/<stem>.tar.gz` (or .tgz, .tar, .zip) if there is one."""
+  for suffix in ARCHIVE_SUFFIXES:
+    if (directory / f'{stem}{suffix}').is_file():
+      return directory / f'{stem}{suffix}'
+  return None
+
+
 class ImageSource(abc.ABC):
   """Raw images addressed by relative paths such as 'faces/<user>/<file>.jpg'."""
 
   @abc.abstractmethod
   def describe(self) -> str:
     """For messages: 'folder /data/adience' or 'archive /data/adience/faces.tar.gz'."""
+
+  @abc.abstractmethod
+  def list_paths(self) -> list[str]:
+    """The path of every file in the source, sorted; an archive is read through once, and a
+    path it holds twice is listed twice."""
 
   @abc.abstractmethod
   def iter_payloads(self, paths: set[str]) -> Iterator[tuple[str, bytes | pathlib.Path]]:
@@ -170,6 +197,10 @@ class FolderSource(ImageSource):
   def describe(self) -> str:
     return f'folder {self.root}'
 
+  def list_paths(self) -> list[str]:
+    return sorted(path.relative_to(self.root).as_posix() for path in self.root.rglob('*')
+                  if path.is_file())
+
   def missing_before_reading(self, paths: set[str]) -> set[str]:
     return {path for path in paths if not (self.root / path).is_file()}
 
@@ -185,7 +216,8 @@ class ArchiveSource(ImageSource):
   """Images inside a .tar, .tar.gz, .tgz or .zip archive, streamed in one pass.
 
   A member's path is its last `path_depth` components ('x/faces/u/f.jpg' → 'faces/u/f.jpg'
-  for depth 3), so archives with an extra top folder or a './' prefix work too.
+  for depth 3), so archives with an extra top folder or a './' prefix work too. Where two
+  members have the same path, the first one in the archive is used.
   """
   archive: pathlib.Path
   path_depth: int
@@ -197,22 +229,30 @@ class ArchiveSource(ImageSource):
     parts = [part for part in member_name.replace('\\', '/').split('/') if part not in ('', '.')]
     return '/'.join(parts[-self.path_depth:])
 
-  def iter_payloads(self, paths: set[str]) -> Iterator[tuple[str, bytes]]:
+  def _members(self) -> Iterator[tuple[str, Callable[[], bytes]]]:
+    """Yields (path, read) for each file member, in archive order; `read` works until the
+    next member is taken."""
     if self.archive.name.endswith('.zip'):
       with zipfile.ZipFile(self.archive) as archive:
         for info in archive.infolist():
-          key = self._key(info.filename)
-          if not info.is_dir() and key in paths:
-            yield key, archive.read(info)
+          if not info.is_dir():
+            yield self._key(info.filename), functools.partial(archive.read, info)
       return
     # 'r|*' streams: one sequential pass, no seeking back through a 2 GB gzip file.
     with tarfile.open(self.archive, mode='r|*') as archive:
       for member in archive:
-        if not member.isfile():
-          continue
-        key = self._key(member.name)
-        if key in paths:
-          yield key, archive.extractfile(member).read()
+        if member.isfile():
+          yield self._key(member.name), lambda member=member: archive.extractfile(member).read()
+
+  def list_paths(self) -> list[str]:
+    return sorted(path for path, _ in self._members())
+
+  def iter_payloads(self, paths: set[str]) -> Iterator[tuple[str, bytes]]:
+    seen = set()
+    for path, read in self._members():
+      if path in paths and path not in seen:
+        seen.add(path)
+        yield path, read()
 
 
 # ------------------------------------------------------------------------------------------
@@ -398,3 +438,50 @@ def describe_preprocessing(config: FaceImageConfig) -> dict[str, Any]:
                'INTER_AREA resize (INTER_LINEAR when enlarging), stored as PNG (lossless)',
       'drop_duplicates': config.drop_duplicates,
   }
+
+
+# ------------------------------------------------------------------------------------------
+# The builder options and steps every face data set shares.
+
+
+class FaceDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Base of the face builders: the `skip_bad_records` and `num_workers` options, the manual
+  dir check, and the writing of prepared records. Subclasses set `MANUAL_DIR_CONTENTS`."""
+
+  # Ends the error for a missing manual dir: 'the folder with the Adience files'.
+  MANUAL_DIR_CONTENTS = 'the folder with the raw files'
+
+  def __init__(self, *, skip_bad_records: bool = False, num_workers: int | None = None,
+               **kwargs):
+    """`skip_bad_records`: drop (and count) rows with a missing or unreadable image or a
+    malformed label instead of stopping. `num_workers`: decode threads (default: all cores).
+
+    Neither is part of the config: on the same files a strict build either fails or writes
+    exactly what a skipping build writes, so both can share one data directory. Both can be
+    given on the command line too: `tfds build <name>/gray75/skip_bad_records=True`.
+    """
+    super().__init__(**kwargs)
+    self._skip_bad_records = skip_bad_records
+    self._num_workers = num_workers
+    self._original_state.update(skip_bad_records=skip_bad_records, num_workers=num_workers)
+
+  def _new_drop_log(self) -> DropLog:
+    # A custom config cannot be named on the command line: show the default one there.
+    config = self.builder_config
+    config_name = (config.name if config in self.BUILDER_CONFIGS
+                   else self.DEFAULT_BUILDER_CONFIG_NAME or config.name)
+    return DropLog(self._skip_bad_records, skip_hint(self.name, config_name))
+
+  def _generate_examples(self, records):
+    for record in records:
+      yield record.key, record.example()
+
+  def _manual_dir(self, dl_manager: tfds.download.DownloadManager) -> pathlib.Path:
+    # tfds's own message for a missing manual dir points at <data_dir>/downloads/manual,
+    # which confuses users; say what to pass instead.
+    try:
+      return pathlib.Path(dl_manager.manual_dir)
+    except AssertionError as error:
+      raise FileNotFoundError(
+          f'{error}\nPass {self.MANUAL_DIR_CONTENTS} as --manual_dir DIR (command line) '
+          'or download_config=tfds.download.DownloadConfig(manual_dir=DIR) (Python).') from None
