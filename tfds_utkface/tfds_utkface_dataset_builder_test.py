@@ -1,0 +1,17 @@
+"""tfds's standard builder checks on dummy_data/: 12 synthetic faces split 8/2/2 by the hash of
+their names, plus one byte-identical copy that must be dropped as a duplicate."""
+
+import tensorflow_datasets as tfds
+
+from tfds_utkface import tfds_utkface_dataset_builder
+
+
+class TfdsUtkfaceTest(tfds.testing.DatasetBuilderTestCase):
+  DATASET_CLASS = tfds_utkface_dataset_builder.Builder
+  BUILDER_CONFIG_NAMES_TO_TEST = ['gray75', 'rgb96']
+  SPLITS = {'train': 8, 'validation': 2, 'test': 2}
+  SKIP_CHECKSUMS = True  # Nothing is downloaded: UTKFace comes from the manual dir.
+
+
+if __name__ == '__main__':
+  tfds.testing.test_main()
