@@ -1,0 +1,46 @@
+"""Report pieces: confusion matrices leave unknown labels out, per-class numbers, the Table 5
+markdown (quoted rows marked, mean ± std, unfinished protocols flagged)."""
+
+import numpy as np
+import pytest
+
+from facialnet_jax import report
+
+
+def test_confusion_matrix_leaves_unknown_labels_out():
+  labels = np.array([0, 1, 1, -1, 2, 2, 2])
+  predicted = np.array([0, 1, 2, 0, 2, 2, 0])
+  matrix = report.confusion_matrix(labels, predicted, 3)
+  assert matrix.tolist() == [[1, 0, 0], [0, 1, 1], [1, 0, 2]]
+  rows = report.per_class_precision_recall(matrix, ('a', 'b', 'c'))
+  assert rows[0] == {'class': 'a', 'support': 1, 'predicted': 2, 'precision': 0.5, 'recall': 1.0}
+  assert rows[2]['precision'] == pytest.approx(2 / 3) and rows[2]['recall'] == pytest.approx(2 / 3)
+  empty = report.per_class_precision_recall(np.zeros((2, 2), int), ('x', 'y'))
+  assert empty[0]['precision'] is None and empty[0]['recall'] is None
+
+
+def test_confusion_csv_round_trip(tmp_path):
+  matrix = np.arange(64).reshape(8, 8)
+  report.write_confusion_csv(matrix, report.AGE_CLASS_NAMES, str(tmp_path / 'm.csv'))
+  assert (tmp_path / 'm.csv').read_text().splitlines()[0] == \
+      'true \\ predicted,0-2,4-6,8-13,15-20,25-32,38-43,48-53,60-100'
+  np.testing.assert_array_equal(report.read_confusion_csv(str(tmp_path / 'm.csv')), matrix)
+
+
+def _fold(fold, gender, age, one_off):
+  return report.FoldResult(fold, 100, 90, 80, 10, 1, {
+      'gender_accuracy': gender, 'age_accuracy': age, 'age_one_off_accuracy': one_off})
+
+
+def test_markdown_table_five_layout_and_partial_protocol():
+  folds = [_fold(0, 0.80, 0.50, 0.90), _fold(1, 0.90, 0.40, None), _fold(2, 0.85, 0.45, 0.80)]
+  text = report.cross_validation_markdown(folds, title='T', setup_lines=['Data: x'],
+                                          num_folds_expected=5, pictures=[('Curves', 'c.png')])
+  assert '**Only 3 of 5 folds are done' in text
+  assert '| Levi & Hassner 2015, CNN (quoted) | 86.8 ± 1.4 | 50.7 ± 5.1 | 84.7 ± 2.2 |' in text
+  assert '| FacialNet paper, with augmentation (quoted) | 94.2 | 72.8 | — |' in text
+  assert '| This code, test fold 1 | 90.0 | 40.0 | — |' in text
+  # Sample std (n - 1) of 80, 90, 85 is 5.0; the 1-off mean is over the two folds that have it.
+  assert '| **This code, mean ± std over 3 folds** | **85.0 ± 5.0** | **45.0 ± 5.0** | ' \
+      '**85.0 ± 7.1** |' in text
+  assert '![Curves](c.png)' in text
