@@ -13,19 +13,26 @@ LATEST_DIR = 'checkpoints'
 BEST_DIR = 'checkpoints_best'
 
 
+def open_manager(directory: str, options: ocp.CheckpointManagerOptions | None = None
+                 ) -> ocp.CheckpointManager:
+  """A manager of (state, meta) checkpoints; naming the item handlers lets orbax read a
+  checkpoint's metadata (shapes, dtypes) without a target, e.g. on another machine."""
+  return ocp.CheckpointManager(
+      os.path.abspath(directory), options=options,
+      item_handlers={'state': ocp.StandardCheckpointHandler(),
+                     'meta': ocp.JsonCheckpointHandler()})
+
+
 class RunCheckpoints:
   """Two orbax managers under one workdir: `checkpoints/` keeps the last K saves, and
   `checkpoints_best/` keeps the single save with the highest validation metric."""
 
   def __init__(self, workdir: str, keep: int, best_metric: str):
     self.best_metric = best_metric
-    self.latest = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), LATEST_DIR),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
-    self.best = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), BEST_DIR),
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, create=True, best_fn=lambda m: m[best_metric], best_mode='max'))
+    self.latest = open_manager(os.path.join(workdir, LATEST_DIR),
+                               ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+    self.best = open_manager(os.path.join(workdir, BEST_DIR), ocp.CheckpointManagerOptions(
+        max_to_keep=1, create=True, best_fn=lambda m: m[best_metric], best_mode='max'))
 
   @staticmethod
   def _args(state, meta: dict) -> ocp.args.Composite:
@@ -83,6 +90,18 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state) -> tuple[Any,
                       'step %d.', step, manager.directory, type(error).__name__, error,
                       steps[position + 1])
   return None
+
+
+def restore_replicated(manager: ocp.CheckpointManager, step: int, mesh: jax.sharding.Mesh
+                       ) -> tuple[Any, dict]:
+  """Restores (state as nested dicts, meta) replicated on `mesh`, whatever the devices that
+  saved it (a GPU run's checkpoint on a CPU, 8 devices' on 1): the target is built from the
+  checkpoint's own metadata, so no model or optimiser needs to be rebuilt."""
+  metadata = manager.item_metadata(step)['state']
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated),
+                        metadata)
+  return restore(manager, step, target)
 
 
 def abstract_like(state) -> Any:

@@ -71,7 +71,9 @@ class Head(nn.Module):
     for width, rate in zip(self.hidden_features, self.dropout_rates, strict=True):
       x = nn.relu(nn.Dense(width, dtype=self.dtype, kernel_init=he_normal)(x))
       x = nn.Dropout(rate, deterministic=not train)(x)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype)(x)
+    # A zero classifier starts every head at exactly chance (uniform predictions) instead of
+    # at a loss several times higher; the layers below still get gradients from step one.
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros)(x)
     return logits.astype(jnp.float32)
 
 

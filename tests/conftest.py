@@ -54,3 +54,16 @@ def shared_data() -> pathlib.Path:
   if not SHARED_DATA.is_dir():
     pytest.skip('../shared/data is not present beside the repository')
   return SHARED_DATA
+
+
+@pytest.fixture(scope='session', autouse=True)
+def compilation_cache(tmp_path_factory):
+  """One persistent XLA cache for the session, shared with subprocesses: the many small runs
+  compile the same steps again and again."""
+  import jax  # pylint: disable=import-outside-toplevel
+  cache_dir = str(tmp_path_factory.mktemp('jax_cache'))
+  jax.config.update('jax_compilation_cache_dir', cache_dir)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = cache_dir
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.5'
+  yield
