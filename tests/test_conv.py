@@ -1,0 +1,123 @@
+"""Every Conv2D implementation computes the same function as lax.conv ('xla').
+
+Checked for every convolution shape of FacialNet (small batch): forward output
+and the gradients with respect to the input, the kernel and the bias.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from facialnet_jax import conv as C
+
+# (name, input spatial size, in channels, out channels, kernel, stride, padding)
+FACIALNET_CONVS = [
+    ('conv1', 75, 1, 32, 3, 2, 1),
+    ('conv2', 38, 32, 64, 3, 1, 1),
+    ('conv3', 38, 64, 128, 3, 2, 1),
+    ('conv4', 19, 128, 128, 3, 1, 1),
+    ('conv5', 19, 128, 128, 1, 1, 0),
+    ('conv6', 19, 128, 256, 3, 2, 0),
+    ('conv7', 9, 256, 512, 3, 2, 1),
+    ('conv8', 5, 512, 512, 1, 1, 0),
+]
+BATCH = 2
+
+
+def _inputs():
+  # numpy RNG: building the inputs must not compile anything.
+  rng = np.random.default_rng(0)
+  out = []
+  for name, h, cin, cout, k, s, p in FACIALNET_CONVS:
+    x = rng.standard_normal((BATCH, h, h, cin), np.float32)
+    params = {
+        'kernel': rng.standard_normal((k, k, cin, cout), np.float32) * np.sqrt(2.0 / (k * k * cin)),
+        # Non-zero bias so that the bias path is exercised too.
+        'bias': 0.1 * rng.standard_normal((cout,), np.float32),
+    }
+    ho = C.out_size(h, k, s, p)
+    cot = rng.standard_normal((BATCH, ho, ho, cout), np.float32)
+    out.append((x, params, cot))
+  return out
+
+
+def _all_layers(impl):
+  """Jitted: for every layer, (y, dx, dkernel, dbias) of <y, cotangent>."""
+  mods = [C.Conv2D(f, k, s, p, implementation=impl) for _, _, _, f, k, s, p in FACIALNET_CONVS]
+
+  @jax.jit
+  def run(inputs):
+    res = []
+    for mod, (x, params, cot) in zip(mods, inputs):
+      def f(x, params):
+        y = mod.apply({'params': params}, x)
+        return jnp.vdot(y, cot), y
+      (_, y), (dx, dp) = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(x, params)
+      res.append((y, dx, dp['kernel'], dp['bias']))
+    return res
+  return run
+
+
+@pytest.fixture(scope='module')
+def inputs():
+  return _inputs()
+
+
+@pytest.fixture(scope='module')
+def reference(inputs):
+  return _all_layers('xla')(inputs)
+
+
+@pytest.mark.parametrize('impl', [i for i in C.IMPLEMENTATIONS if i != 'xla'])
+def test_matches_xla(impl, inputs, reference):
+  got = _all_layers(impl)(inputs)
+  for (name, *_), want_l, got_l in zip(FACIALNET_CONVS, reference, got):
+    for what, want, g in zip(('y', 'dx', 'dkernel', 'dbias'), want_l, got_l):
+      assert g.shape == want.shape, (name, what)
+      scale = float(jnp.max(jnp.abs(want)))
+      err = float(jnp.max(jnp.abs(g - want)))
+      assert err <= 1e-5 * scale + 1e-6, f'{impl} {name} {what}: max err {err} (scale {scale})'
+
+
+def test_xla_matches_flax_conv(inputs):
+  """Same parameter tree and same function as flax.linen.Conv with explicit padding."""
+  pairs = [(nn.Conv(cout, (k, k), (s, s), padding=((p, p), (p, p))), C.Conv2D(cout, k, s, p))
+           for _, _, _, cout, k, s, p in FACIALNET_CONVS]
+  for (name, *_), (ref_mod, mod), (x, params, _) in zip(FACIALNET_CONVS, pairs, inputs):
+    ref_shapes = jax.eval_shape(ref_mod.init, jax.random.PRNGKey(1), x)['params']
+    shapes = jax.eval_shape(mod.init, jax.random.PRNGKey(1), x)['params']
+    assert jax.tree_util.tree_structure(ref_shapes) == jax.tree_util.tree_structure(shapes)
+    for key in ('kernel', 'bias'):
+      assert ref_shapes[key].shape == shapes[key].shape == params[key].shape, (name, key)
+
+  @jax.jit
+  def both(inputs):
+    return [(r.apply({'params': prm}, x), m.apply({'params': prm}, x))
+            for (r, m), (x, prm, _) in zip(pairs, inputs)]
+
+  for (name, *_), (want, got) in zip(FACIALNET_CONVS, both(inputs)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))),
+                               err_msg=name)
+
+
+def test_output_sizes_match_the_paper():
+  sizes = [75]
+  for _, h, _, _, k, s, p in FACIALNET_CONVS:
+    assert h == sizes[-1]
+    sizes.append(C.out_size(h, k, s, p))
+  assert sizes == [75, 38, 38, 19, 19, 19, 9, 5, 5]
+
+
+def test_unknown_implementation():
+  with pytest.raises(ValueError):
+    jax.eval_shape(C.Conv2D(4, 3, 1, 1, implementation='nope').init, jax.random.PRNGKey(0),
+                   jnp.ones((1, 5, 5, 1)))
+
+
+def test_he_normal_default_init():
+  x = jnp.ones((1, 9, 9, 128))
+  kernel = jax.jit(C.Conv2D(256, 3, 1, 1).init)(jax.random.PRNGKey(0), x)['params']['kernel']
+  std = float(jnp.std(kernel))
+  # He fan-in: std = sqrt(2 / (3*3*128)) = 0.0417 (truncated normal keeps the variance).
+  assert abs(std - (2.0 / (9 * 128)) ** 0.5) < 0.003
