@@ -3,10 +3,45 @@
 import sys
 from typing import Callable
 
-from absl import app
+from absl import app, flags
 
 from facialnet_jax import logging_setup
 from facialnet_jax.errors import UserError
+
+
+def _one_line(error: BaseException) -> str:
+  """The most specific line of an error: config_flags buries the cause under wrappers and
+  escaped newlines."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  text = str(error).replace('\\n', '\n').replace("\\'", "'")
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  if not lines:
+    return type(error).__name__
+  last = lines[-1]
+  # A KeyError's repr leaves one unbalanced quote at the end.
+  return last[:-1] if last.count("'") % 2 and last.endswith("'") else last
+
+
+def _exit_with(message: str, status: int) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(status)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with config-file problems (missing file, unknown key, wrong type)
+  reported as one line and exit status 2."""
+  try:
+    remaining = flags.FLAGS(argv)
+    if 'config' in flags.FLAGS:
+      # A config file that fails to load only raises when first read: read it here.
+      flags.FLAGS['config'].value.keys()
+  except flags.Error as error:
+    _exit_with(f'{_one_line(error)} (see --helpshort)', 2)
+  except (AttributeError, KeyError, OSError, SyntaxError, TypeError, ValueError) as error:
+    _exit_with(f'the config could not be loaded or overridden: {_one_line(error)} (keys and '
+               'defaults: facialnet_jax/base_config.py)', 2)
+  return remaining
 
 
 def run(main: Callable[[list[str]], None]) -> None:
@@ -16,7 +51,6 @@ def run(main: Callable[[list[str]], None]) -> None:
     try:
       main(argv)
     except UserError as error:
-      print(f'error: {error}', file=sys.stderr)
-      sys.exit(1)
+      _exit_with(str(error), 1)
 
-  app.run(guarded_main)
+  app.run(guarded_main, flags_parser=_parse_flags)

@@ -1,5 +1,6 @@
 """Checks of config values that types alone cannot catch, each failing with a one-line fix."""
 
+from facialnet_jax import adience_files
 from facialnet_jax import optim
 from facialnet_jax.errors import UserError
 
@@ -40,6 +41,9 @@ def check_config(config) -> None:
   if not 0 < config.data.validation_fraction < 1 and not config.data.validation_split:
     raise UserError(f'config.data.validation_fraction={config.data.validation_fraction} must be '
                     'between 0 and 1 (exclusive) when the validation split is carved from train.')
+  if not -1 <= config.data.test_fold < adience_files.NUM_FOLDS:
+    raise UserError(f'config.data.test_fold={config.data.test_fold} does not exist; use '
+                    f'0..{adience_files.NUM_FOLDS - 1} (or -1 for named train/test splits).')
   if config.loss.gender_weight == 0 and config.loss.age_weight == 0:
     raise UserError('config.loss.gender_weight and config.loss.age_weight are both 0: '
                     'nothing would be learned.')

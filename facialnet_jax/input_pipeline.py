@@ -67,9 +67,6 @@ def carve_validation(train: HostSplit, fraction: float) -> tuple[HostSplit, Host
 def split_names(data_config) -> dict[str, str]:
   """TFDS split expressions for train (before validation is carved), validation and test."""
   if data_config.test_fold >= 0:
-    if data_config.test_fold >= adience_files.NUM_FOLDS:
-      raise UserError(f'config.data.test_fold={data_config.test_fold} does not exist; '
-                      f'use 0..{adience_files.NUM_FOLDS - 1}.')
     train, test = adience_files.train_and_test_splits(data_config.test_fold)
     return {'train': train, 'validation': '', 'test': test}
   return {'train': data_config.train_split, 'validation': data_config.validation_split,
