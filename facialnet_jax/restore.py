@@ -142,6 +142,27 @@ def abstract_train_state(config: ml_collections.ConfigDict, meta: dict,
                       shapes)
 
 
+def _restore_step(manager: ocp.CheckpointManager, step: int, config: ml_collections.ConfigDict,
+                  mesh: jax.sharding.Mesh) -> tuple[train_state_lib.TrainState, dict]:
+  where = f'{manager.directory}/{step}'
+  try:
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+  except Exception as error:  # pylint: disable=broad-except
+    raise UserError(f'The checkpoint {where} cannot be read ({type(error).__name__}: {error}); '
+                    'it may be incomplete or damaged: choose another with --checkpoint.') from None
+  _check_model_config(config, meta, where)
+  abstract = abstract_train_state(config, meta, mesh)
+  try:
+    return checkpointing.restore(manager, step, abstract)
+  except UserError:
+    raise
+  except Exception as error:  # pylint: disable=broad-except
+    first_line = str(error).splitlines()[0] if str(error) else ''
+    raise UserError(f'The checkpoint {where} cannot be restored with the config.json beside it '
+                    f'({type(error).__name__}: {first_line}); the workdir may mix two runs, or '
+                    'the checkpoint is damaged.') from None
+
+
 def restore_run(workdir: str, checkpoint: str = BEST,
                 mesh: jax.sharding.Mesh | None = None) -> RestoredRun:
   """Restores checkpoint 'latest', 'best' or a step number of the run in `workdir`.
@@ -153,25 +174,12 @@ def restore_run(workdir: str, checkpoint: str = BEST,
   if not os.path.isdir(workdir):
     raise UserError(f'--workdir {workdir} does not exist.')
   config = load_config(workdir)
-  manager, step = _find_checkpoint(workdir, str(checkpoint))
-  where = f'{manager.directory}/{step}'
-  try:
-    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-  except Exception as error:  # pylint: disable=broad-except
-    raise UserError(f'The checkpoint {where} cannot be read ({type(error).__name__}: {error}); '
-                    'it may be incomplete or damaged: choose another with --checkpoint.') from None
-  _check_model_config(config, meta, where)
   mesh = mesh or sharding.create_mesh()
-  abstract = abstract_train_state(config, meta, mesh)
+  manager, step = _find_checkpoint(workdir, str(checkpoint))
   try:
-    state, meta = checkpointing.restore(manager, step, abstract)
-  except UserError:
-    raise
-  except Exception as error:  # pylint: disable=broad-except
-    raise UserError(f'The checkpoint {where} cannot be restored with the config.json beside it '
-                    f'({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ""}'
-                    '); the workdir may mix two runs, or the checkpoint is damaged.') from None
-  manager.close()
+    state, meta = _restore_step(manager, step, config, mesh)
+  finally:
+    manager.close()
   return RestoredRun(workdir, config, models.create_model(config.model), state, meta,
                      str(checkpoint), mesh)
 
