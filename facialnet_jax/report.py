@@ -133,7 +133,8 @@ _CURVE_PANELS = (
 
 def plot_training_curves(runs: Sequence[Curves], title: str, path: str) -> None:
   """Loss and accuracies against epochs; one colour per run, train dashed, validation solid."""
-  figure, axes = plt.subplots(1, len(_CURVE_PANELS), figsize=(4.2 * len(_CURVE_PANELS), 3.6))
+  figure, axes = plt.subplots(2, 2, figsize=(10, 7))
+  axes = axes.ravel()
   colours = plt.get_cmap('tab10')
   for panel, (panel_title, tags) in zip(axes, _CURVE_PANELS):
     for index, run in enumerate(runs):
@@ -156,7 +157,7 @@ def plot_training_curves(runs: Sequence[Curves], title: str, path: str) -> None:
   if handles:
     figure.legend(handles, labels, loc='center right', fontsize=7, frameon=False)
   figure.suptitle(title, fontsize=11)
-  figure.tight_layout(rect=(0, 0, 0.88 if handles else 1, 1))
+  figure.tight_layout(rect=(0, 0, 0.85 if handles else 1, 1))
   figure.savefig(path, dpi=100)
   plt.close(figure)
 
@@ -197,6 +198,24 @@ class FoldResult:
   step: int
   epoch: int
   metrics: dict[str, float | None]
+  # The same metrics for always answering the test fold's most common class: the level a
+  # model that learned nothing about faces can reach.
+  majority: dict[str, float | None]
+
+
+def majority_class_metrics(confusion: dict[str, np.ndarray]) -> dict[str, float | None]:
+  """Accuracies of always answering the most common true class ({'gender', 'age'} matrices)."""
+  result = {}
+  for name, head, tolerance in (('gender_accuracy', 'gender', 0), ('age_accuracy', 'age', 0),
+                                ('age_one_off_accuracy', 'age', 1)):
+    support = np.asarray(confusion[head]).sum(axis=1)
+    if not support.sum():
+      result[name] = None
+      continue
+    common = int(support.argmax())
+    near = support[max(0, common - tolerance):common + tolerance + 1].sum()
+    result[name] = float(near / support.sum())
+  return result
 
 
 def format_percent(value: float | None) -> str:
@@ -245,6 +264,10 @@ def cross_validation_markdown(folds: Sequence[FoldResult], *, title: str, setup_
     cells.append(f'**{100 * summary[name]["mean"]:.1f} ± {100 * summary[name]["std"]:.1f}**'
                  if name in summary else '—')
   lines.append(f'| **This code, mean ± std over {len(folds)} folds** | ' + ' | '.join(cells) + ' |')
+  majority = summarize_folds([dataclasses.replace(f, metrics=f.majority) for f in folds])
+  lines.append('| *For scale: always the test fold\'s most common class* | ' + ' | '.join(
+      f'*{100 * majority[name]["mean"]:.1f}*' if name in majority else '—'
+      for name, _ in REPORTED_METRICS) + ' |')
   lines += ['', 'Rows marked *quoted* are copied from the publications, not reproduced here:']
   lines += [f'- {q.method}: {q.note}.' for q in QUOTED_RESULTS]
   lines += ['', 'Our std is the sample standard deviation over folds (n − 1).', '',

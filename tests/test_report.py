@@ -29,7 +29,16 @@ def test_confusion_csv_round_trip(tmp_path):
 
 def _fold(fold, gender, age, one_off):
   return report.FoldResult(fold, 100, 90, 80, 10, 1, {
-      'gender_accuracy': gender, 'age_accuracy': age, 'age_one_off_accuracy': one_off})
+      'gender_accuracy': gender, 'age_accuracy': age, 'age_one_off_accuracy': one_off},
+                           {'gender_accuracy': 0.5, 'age_accuracy': 0.3 + fold / 10,
+                            'age_one_off_accuracy': 0.6})
+
+
+def test_majority_class_rates():
+  age = np.zeros((8, 8), int)
+  age[:, 0] = [1, 2, 0, 0, 5, 2, 0, 0]  # 25-32 (index 4) is the most common true class
+  rates = report.majority_class_metrics({'gender': np.array([[3, 0], [1, 0]]), 'age': age})
+  assert rates == {'gender_accuracy': 0.75, 'age_accuracy': 0.5, 'age_one_off_accuracy': 0.7}
 
 
 def test_markdown_table_five_layout_and_partial_protocol():
@@ -43,4 +52,6 @@ def test_markdown_table_five_layout_and_partial_protocol():
   # Sample std (n - 1) of 80, 90, 85 is 5.0; the 1-off mean is over the two folds that have it.
   assert '| **This code, mean ± std over 3 folds** | **85.0 ± 5.0** | **45.0 ± 5.0** | ' \
       '**85.0 ± 7.1** |' in text
+  assert '| *For scale: always the test fold\'s most common class* | *50.0* | *40.0* | *60.0* |' \
+      in text
   assert '![Curves](c.png)' in text
