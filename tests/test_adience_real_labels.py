@@ -42,7 +42,7 @@ def test_gender_counts_after_mapping(rows):
 
 def test_every_age_string_is_one_the_mapping_was_checked_against(rows):
   # A new string in a future release of the files must be looked at, not silently mapped.
-  from test_age_groups import ADIENCE_AGE_STRINGS  # pylint: disable=import-outside-toplevel
+  from tests.test_age_groups import ADIENCE_AGE_STRINGS  # pylint: disable=import-outside-toplevel
   assert {row.age_label for row in rows} == set(ADIENCE_AGE_STRINGS)
 
 

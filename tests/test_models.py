@@ -48,6 +48,9 @@ def test_layers_use_the_papers_explicit_padding():
 def test_dropout_is_active_only_in_training():
   model = models.FacialNet()
   variables = _init(model)
+  # The classifiers start at zero (every logit 0); give them weights so dropout shows.
+  head = variables['params']['age_head']['Dense_2']
+  head['kernel'] = jax.random.normal(jax.random.key(4), head['kernel'].shape)
   images = jax.random.uniform(jax.random.key(1), (4, 75, 75, 1))
   eval_a = model.apply(variables, images, train=False)
   eval_b = model.apply(variables, images, train=False)
