@@ -27,7 +27,6 @@ CROP_FILE_PREFIXES = {'aligned': 'landmark_aligned_face', 'faces': 'coarse_tilt_
 # 'auto' prefers the landmark-aligned crops (the benchmark's reference models use them) and
 # falls back to the coarse tilt-aligned ones.
 CROPS_PREFERENCE = ('aligned', 'faces')
-ARCHIVE_SUFFIXES = ('.tar.gz', '.tgz', '.tar', '.zip')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,18 +129,11 @@ def read_folds(label_dir: pathlib.Path) -> tuple[list[FoldRow], list[MalformedLi
   return rows, malformed
 
 
-def find_archive(directory: pathlib.Path, crops: str) -> pathlib.Path | None:
-  for suffix in ARCHIVE_SUFFIXES:
-    if (directory / f'{crops}{suffix}').is_file():
-      return directory / f'{crops}{suffix}'
-  return None
-
-
 def available_crops(directory: pathlib.Path) -> dict[str, tfds_common.ImageSource]:
   """Crop kind → where its images are. An extracted folder wins over an archive (it is faster)."""
   sources = {}
   for crops in CROPS_PREFERENCE:
-    archive = find_archive(directory, crops)
+    archive = tfds_common.find_archive(directory, crops)
     if (directory / crops).is_dir():
       sources[crops] = tfds_common.FolderSource(directory)
     elif archive is not None:

@@ -49,6 +49,8 @@ class RestoredRun:
   def stored_image_size(self) -> int:
     """The side of the stored images the run trained on (the model centre-crops them to
     config.model.input_size); new faces are preprocessed to this size."""
+    if 'stored_image_size' in self.meta:
+      return int(self.meta['stored_image_size'])
     data = self.config.data
     if data.source == 'synthetic':
       return int(data.synthetic_image_size)
@@ -79,19 +81,12 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(values)
 
 
-def _manager(directory: str) -> ocp.CheckpointManager:
-  # Registered handlers let the meta item be read on its own, without orbax warnings.
-  return ocp.CheckpointManager(
-      directory, item_handlers={'state': ocp.StandardCheckpointHandler(),
-                                'meta': ocp.JsonCheckpointHandler()},
-      options=ocp.CheckpointManagerOptions(create=False))
-
-
 def _find_checkpoint(workdir: str, checkpoint: str) -> tuple[ocp.CheckpointManager, int]:
   """The manager and step of 'latest', 'best' or a step number."""
   directories = {LATEST: os.path.join(workdir, checkpointing.LATEST_DIR),
                  BEST: os.path.join(workdir, checkpointing.BEST_DIR)}
-  managers = {name: _manager(path) for name, path in directories.items() if os.path.isdir(path)}
+  managers = {name: checkpointing.open_manager(path, ocp.CheckpointManagerOptions(create=False))
+              for name, path in directories.items() if os.path.isdir(path)}
   steps = {name: sorted(manager.all_steps()) for name, manager in managers.items()}
   if checkpoint in (LATEST, BEST):
     if not steps.get(checkpoint):

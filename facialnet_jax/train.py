@@ -134,7 +134,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   def meta_for(at_step: int) -> dict:
     return {'step': at_step, 'epoch': at_step // epoch_steps,
             'steps_per_epoch': epoch_steps, 'num_train_examples': len(splits['train']),
-            'image_shape': list(image_shape), 'model': config.model.to_dict()}
+            'image_shape': list(image_shape),
+            'stored_image_size': int(splits['train'].image.shape[1]),
+            'model': config.model.to_dict()}
 
   seen_nonfinite = int(jax.device_get(state.nonfinite_steps))
   epoch_metrics = None

@@ -2,7 +2,6 @@
 the paper (75×75 grayscale by default), from the files a registered user downloads."""
 
 import dataclasses
-import pathlib
 import time
 
 import tensorflow_datasets as tfds
@@ -11,10 +10,6 @@ from facialnet_jax import adience_files
 from facialnet_jax import age_groups
 from facialnet_jax import tfds_common
 
-SKIP_HINT = ("or build with skip_bad_records=True to skip such rows (Python: tfds.builder("
-             "'tfds_adience/gray75', skip_bad_records=True); command line: tfds build "
-             "tfds_adience/gray75/skip_bad_records=True --imports "
-             "tfds_adience.tfds_adience_dataset_builder --manual_dir DIR)")
 UNREADABLE_FIX = 'replace the file with a good copy from the Adience archive'
 
 
@@ -25,13 +20,14 @@ class AdienceConfig(tfds_common.FaceImageConfig):
   crops: str = 'auto'
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(tfds_common.FaceDatasetBuilder):
   """Adience gender and age-group benchmark, one split per official fold."""
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Official folds, FacialNet preprocessing, drop accounting.'}
   BUILDER_CONFIGS = tfds_common.standard_image_configs(AdienceConfig)
   DEFAULT_BUILDER_CONFIG_NAME = 'gray75'
+  MANUAL_DIR_CONTENTS = 'the folder with the Adience files'
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Adience needs a (free) registration, so TFDS cannot download it for you.
 1. Register at https://talhassner.github.io/home/projects/Adience/Adience-data.html#agegender
@@ -49,19 +45,6 @@ Adience needs a (free) registration, so TFDS cannot download it for you.
 No registration yet? `python -m facialnet_jax.demo_data DIR` writes a synthetic data set in
 the same layout.
 """
-
-  def __init__(self, *, skip_bad_records: bool = False, num_workers: int | None = None,
-               **kwargs):
-    """`skip_bad_records`: drop (and count) rows with a missing or unreadable image or a
-    malformed line instead of stopping. `num_workers`: decode threads (default: all cores).
-
-    Neither is part of the config: on the same files a strict build either fails or writes
-    exactly what a skipping build writes, so both can share one data directory.
-    """
-    super().__init__(**kwargs)
-    self._skip_bad_records = skip_bad_records
-    self._num_workers = num_workers
-    self._original_state.update(skip_bad_records=skip_bad_records, num_workers=num_workers)
 
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
@@ -84,7 +67,7 @@ the same layout.
     start = time.perf_counter()
     config = self.builder_config
     label_dir = adience_files.find_label_dir(self._manual_dir(dl_manager))
-    drop_log = tfds_common.DropLog(self._skip_bad_records, SKIP_HINT)
+    drop_log = self._new_drop_log()
 
     rows, malformed = adience_files.read_folds(label_dir)
     for line in malformed:
@@ -118,17 +101,3 @@ the same layout.
         'prepare_seconds': round(time.perf_counter() - start, 1),
     })
     return {name: self._generate_examples(split) for name, split in by_split.items()}
-
-  def _generate_examples(self, records):
-    for record in records:
-      yield record.key, record.example()
-
-  def _manual_dir(self, dl_manager: tfds.download.DownloadManager) -> pathlib.Path:
-    # tfds's own message for a missing manual dir points at <data_dir>/downloads/manual,
-    # which confuses users; say what to pass instead.
-    try:
-      return pathlib.Path(dl_manager.manual_dir)
-    except AssertionError as error:
-      raise FileNotFoundError(
-          f'{error}\nPass the folder with the Adience files as --manual_dir DIR (command line) '
-          'or download_config=tfds.download.DownloadConfig(manual_dir=DIR) (Python).') from None
