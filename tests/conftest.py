@@ -39,13 +39,19 @@ def tiny_flags(**overrides) -> list[str]:
   return [f'--config.{key}={value}' for key, value in (TINY_OVERRIDES | overrides).items()]
 
 
-def run_launch(*args, devices: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
-  """Runs `python launch.py ARGS` on `devices` simulated CPU devices; returns the finished process."""
+def launch_command(*args, devices: int = 1) -> tuple[list[str], dict]:
+  """The argv and environment of `python launch.py ARGS` on `devices` simulated CPU devices."""
   env = dict(os.environ)
   env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
   env['JAX_PLATFORMS'] = 'cpu'
-  return subprocess.run([sys.executable, str(REPO_ROOT / 'launch.py'), *args], cwd=REPO_ROOT,
-                        env=env, capture_output=True, text=True, timeout=timeout, check=False)
+  return [sys.executable, str(REPO_ROOT / 'launch.py'), *args], {'env': env, 'cwd': REPO_ROOT}
+
+
+def run_launch(*args, devices: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
+  """Runs `python launch.py ARGS` on `devices` simulated CPU devices; returns the finished process."""
+  argv, options = launch_command(*args, devices=devices)
+  return subprocess.run(argv, **options, capture_output=True, text=True, timeout=timeout,
+                        check=False)
 
 
 @pytest.fixture
@@ -67,3 +73,35 @@ def compilation_cache(tmp_path_factory):
   os.environ['JAX_COMPILATION_CACHE_DIR'] = cache_dir
   os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.5'
   yield
+
+
+def final_params(workdir) -> dict:
+  """The latest checkpoint's parameters, whatever the device count that saved them."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from facialnet_jax import checkpointing, sharding  # pylint: disable=import-outside-toplevel
+  manager = checkpointing.open_manager(pathlib.Path(workdir) / 'checkpoints')
+  state, _ = checkpointing.restore_replicated(manager, manager.latest_step(),
+                                              sharding.create_mesh())
+  return jax.device_get(state['params'])
+
+
+def relative_difference(params, other, start) -> float:
+  """|params - other| / |params - start| over all parameters: how far two runs ended apart,
+  measured against how far training moved them."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  difference = optax.global_norm(jax.tree.map(np.subtract, params, other))
+  change = optax.global_norm(jax.tree.map(np.subtract, params, start))
+  assert change > 0.05, 'training barely moved the parameters: the comparison would be empty'
+  return float(difference / change)
+
+
+def initial_params(config) -> dict:
+  """The parameters a run with `config` starts from."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from facialnet_jax import models  # pylint: disable=import-outside-toplevel
+  init = jax.jit(lambda key: models.create_model(config.model).init(
+      key, jnp.zeros((1, 75, 75, 1)), train=False))
+  return jax.device_get(init(jax.random.key(config.seed))['params'])
