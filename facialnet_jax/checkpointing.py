@@ -11,6 +11,11 @@ from facialnet_jax.errors import UserError
 
 LATEST_DIR = 'checkpoints'
 BEST_DIR = 'checkpoints_best'
+# A checkpoint that cannot be read is renamed `<step>.unreadable` (orbax lists only digit names),
+# so the step is saved anew and the damaged files are kept for a look.
+UNREADABLE_SUFFIX = '.unreadable'
+# Error texts from TensorStore carry a JSON spec of many lines; messages keep the start.
+_MAX_ERROR_CHARS = 300
 
 
 def open_manager(directory: str, options: ocp.CheckpointManagerOptions | None = None
@@ -29,17 +34,25 @@ class RunCheckpoints:
 
   def __init__(self, workdir: str, keep: int, best_metric: str):
     self.best_metric = best_metric
-    self.latest = open_manager(os.path.join(workdir, LATEST_DIR),
-                               ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+    # cleanup_tmp_directories: a run killed while saving leaves `<step>.orbax-checkpoint-tmp`
+    # folders; orbax ignores them when listing steps, and this removes them at start.
+    self.latest = open_manager(os.path.join(workdir, LATEST_DIR), ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, cleanup_tmp_directories=True))
     self.best = open_manager(os.path.join(workdir, BEST_DIR), ocp.CheckpointManagerOptions(
-        max_to_keep=1, create=True, best_fn=lambda m: m[best_metric], best_mode='max'))
+        max_to_keep=1, create=True, cleanup_tmp_directories=True,
+        best_fn=lambda m: m[best_metric], best_mode='max'))
 
   @staticmethod
   def _args(state, meta: dict) -> ocp.args.Composite:
     return ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
 
   def save(self, step: int, state, meta: dict) -> None:
-    """Saves to `checkpoints/` (asynchronously); a step saved before is not written twice."""
+    """Saves to `checkpoints/` (asynchronously); a step saved before is not written twice.
+
+    The offer of the same step to `checkpoints_best/` is finished first: a run killed after
+    this save resumes past that step and would never offer it again.
+    """
+    self.best.wait_until_finished()
     if step not in self.latest.all_steps():
       self.latest.save(step, args=self._args(state, meta))
 
@@ -58,37 +71,120 @@ class RunCheckpoints:
     self.best.close()
 
 
+def _brief(error: BaseException) -> str:
+  """One line about a failed read: the innermost cause, without TensorStore's JSON spec."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  text = str(error).split(' [tensorstore_spec', 1)[0].split('See full TensorStore details', 1)[0]
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  text = lines[0] if lines else ''
+  if len(text) > _MAX_ERROR_CHARS:
+    text = text[:_MAX_ERROR_CHARS] + '…'
+  return f'{type(error).__name__}: {text}' if text else type(error).__name__
+
+
+def _array_shapes(tree) -> dict[str, tuple[int, ...]]:
+  """'params.backbone.conv1.kernel' → shape, for a state or a checkpoint's metadata tree."""
+  def name(path) -> str:
+    return '.'.join(str(getattr(k, 'name', getattr(k, 'key', getattr(k, 'idx', k))))
+                    for k in path)
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {name(path): tuple(getattr(leaf, 'shape', ())) for path, leaf in leaves}
+
+
+def model_mismatch(manager: ocp.CheckpointManager, step: int, abstract_state) -> str | None:
+  """How the arrays stored at `step` differ from those of `abstract_state` (names, shapes), or
+  None when they agree or the checkpoint's own description cannot be read (damage, not
+  another model)."""
+  try:
+    stored = _array_shapes(manager.item_metadata(step)['state'])
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if not stored:
+    return None
+  expected = _array_shapes(abstract_state)
+  params_first = lambda keys: sorted(keys, key=lambda key: (not key.startswith('params.'), key))
+  differences = [f'{key}: checkpoint {stored[key]}, this config {expected[key]}'
+                 for key in params_first(stored.keys() & expected.keys())
+                 if stored[key] != expected[key]]
+  differences += [f'{key} only in the checkpoint'
+                  for key in params_first(stored.keys() - expected.keys())]
+  differences += [f'{key} only in this config'
+                  for key in params_first(expected.keys() - stored.keys())]
+  if not differences:
+    return None
+  more = f' and {len(differences) - 3} more' if len(differences) > 3 else ''
+  return '; '.join(differences[:3]) + more
+
+
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state) -> tuple[Any, dict]:
-  """Restores (state, meta) of one step onto the shardings of `abstract_state` (any device count)."""
+  """Restores (state, meta) of one step onto the shardings of `abstract_state` (any device count).
+
+  Raises UserError when the checkpoint holds another model's or optimiser's arrays; any other
+  exception means the checkpoint cannot be read (damaged or incomplete).
+  """
   try:
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-  except ValueError as error:
-    if 'shape' in str(error).lower() or 'structure' in str(error).lower() or 'tree' in str(error):
-      raise UserError(f'The checkpoint at step {step} in {manager.directory} was written by a '
-                      'different model or optimiser configuration; use a new --workdir or the '
-                      'config it was trained with (saved as config.json beside it).') from None
-    raise
+  except Exception:
+    mismatch = model_mismatch(manager, step, abstract_state)
+    if mismatch is None:
+      raise
+    raise UserError(f'The checkpoint at step {step} in {manager.directory} was written by a '
+                    f'different model or optimiser configuration ({mismatch}); use a new '
+                    '--workdir or the config it was trained with (saved as config.json beside '
+                    'it).') from None
   return restored.state, restored.meta
 
 
+def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> list[str]:
+  """Renames unreadable steps to `<step>.unreadable` (process 0; all processes then agree)."""
+  directory = os.fspath(manager.directory)
+  moved = []
+  for step in steps:
+    target = os.path.join(directory, f'{step}{UNREADABLE_SUFFIX}')
+    suffix = 1
+    while os.path.exists(target):
+      suffix += 1
+      target = os.path.join(directory, f'{step}{UNREADABLE_SUFFIX}-{suffix}')
+    if jax.process_index() == 0:
+      os.rename(os.path.join(directory, str(step)), target)
+    moved.append(target)
+  # Unique per manager, as orbax requires of barrier names; called once per run.
+  ocp.multihost.sync_global_processes(f'facialnet_set_aside:{directory}')
+  manager.reload()
+  return moved
+
+
 def restore_latest(manager: ocp.CheckpointManager, abstract_state) -> tuple[Any, dict] | None:
-  """The newest readable checkpoint, falling back to older ones (with a warning) when the
-  newest is damaged; None when there is none."""
+  """The newest readable checkpoint; None when there is none.
+
+  When the newest cannot be read (a damaged disk, files removed by hand), older ones are tried,
+  each with a warning. Once one restores, the unreadable newer ones are renamed
+  `<step>.unreadable`, so training saves those steps anew instead of skipping them as saved.
+  A checkpoint of another model raises UserError at once: older ones are of the same run.
+  """
   steps = sorted(manager.all_steps(), reverse=True)
+  unreadable = []
   for position, step in enumerate(steps):
     try:
-      return restore(manager, step, abstract_state)
+      restored = restore(manager, step, abstract_state)
     except UserError:
       raise
     except Exception as error:  # pylint: disable=broad-except
+      unreadable.append(step)
       if position + 1 == len(steps):
-        raise UserError(f'No checkpoint in {manager.directory} can be read (the last error, at '
-                        f'step {step}: {type(error).__name__}: {error}); move the directory '
-                        'away to start afresh.') from None
-      logging.warning('Checkpoint at step %d in %s cannot be read (%s: %s); falling back to '
-                      'step %d.', step, manager.directory, type(error).__name__, error,
-                      steps[position + 1])
+        raise UserError(f'No checkpoint in {manager.directory} can be read (steps '
+                        f'{", ".join(map(str, steps))}; the last error, at step {step}: '
+                        f'{_brief(error)}); move the directory away to start afresh.') from None
+      logging.warning('Checkpoint at step %d in %s cannot be read (%s); falling back to '
+                      'step %d.', step, manager.directory, _brief(error), steps[position + 1])
+      continue
+    if unreadable:
+      moved = _set_aside(manager, unreadable)
+      logging.warning('Resuming from step %d; the unreadable checkpoint(s) were renamed %s '
+                      '(delete them once you no longer need them).', step, ', '.join(moved))
+    return restored
   return None
 
 
