@@ -36,6 +36,10 @@ class HostSplit:
   def __len__(self) -> int:
     return len(self.image)
 
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.image.shape[1:])
+
   def arrays(self) -> dict[str, np.ndarray]:
     return {'image': self.image, 'gender': self.gender, 'age_group': self.age_group}
 
@@ -53,14 +57,19 @@ def is_validation_subject(subject_ids: np.ndarray, fraction: float) -> np.ndarra
   return buckets < threshold
 
 
+def check_carve(held_out: np.ndarray, subject_ids: np.ndarray, fraction: float) -> None:
+  """Both sides of a validation carve must keep someone."""
+  if held_out.all() or not held_out.any():
+    raise UserError(f'config.data.validation_fraction={fraction} leaves '
+                    f'{"no training" if held_out.all() else "no validation"} subjects among '
+                    f'{len(np.unique(subject_ids))}; choose a fraction between 0 and 1 '
+                    'that fits this data set.')
+
+
 def carve_validation(train: HostSplit, fraction: float) -> tuple[HostSplit, HostSplit]:
   """Splits training data into (train, validation) by subject."""
   held_out = is_validation_subject(train.subject_id, fraction)
-  if fraction > 0 and (held_out.all() or not held_out.any()):
-    raise UserError(f'config.data.validation_fraction={fraction} leaves '
-                    f'{"no training" if held_out.all() else "no validation"} subjects among '
-                    f'{len(np.unique(train.subject_id))}; choose a fraction between 0 and 1 '
-                    'that fits this data set.')
+  check_carve(held_out, train.subject_id, fraction)
   return train.select(~held_out), train.select(held_out)
 
 

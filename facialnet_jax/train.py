@@ -17,6 +17,7 @@ from facialnet_jax import models
 from facialnet_jax import optim
 from facialnet_jax import sharding
 from facialnet_jax import steps
+from facialnet_jax import streaming
 from facialnet_jax import train_state as train_state_lib
 from facialnet_jax.errors import UserError
 
@@ -69,6 +70,24 @@ def _prepare_workdir(workdir: str) -> str:
   return workdir
 
 
+def _feeds(config, splits, model, tx, mesh, start_step: int):
+  """The training feed and the validation/test evaluators of the configured input pipeline."""
+  train_step = steps.make_train_step(model, tx, config)
+  eval_step = steps.make_eval_step(model, config)
+  if config.data.pipeline == 'streaming':
+    feed = streaming.StreamingTrainFeed(train_step, splits['train'], config.batch_size,
+                                        config.seed, mesh, config.data.shuffle_buffer, start_step)
+    return feed, {name: streaming.StreamingEvaluator(eval_step, splits[name],
+                                                     config.eval_batch_size, mesh)
+                  for name in ('validation', 'test')}
+  feed = device_data.DeviceTrainFeed(train_step, splits['train'].arrays(), config.batch_size,
+                                     config.seed, mesh,
+                                     device_data.dispatch_steps(config.steps_per_dispatch))
+  return feed, {name: device_data.DeviceEvaluator(eval_step, splits[name].arrays(),
+                                                  config.eval_batch_size, mesh)
+                for name in ('validation', 'test')}
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains per `config`, resuming from `workdir` when it holds checkpoints, and returns the
   final results (also written to workdir/results.json)."""
@@ -78,15 +97,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   sharding.check_divisible(config.batch_size, mesh, 'config.batch_size')
   sharding.check_divisible(config.eval_batch_size, mesh, 'config.eval_batch_size')
 
-  splits = input_pipeline.load_splits(config)
+  pipeline = streaming if config.data.pipeline == 'streaming' else device_data
+  splits = (streaming if pipeline is streaming else input_pipeline).load_splits(config)
   for name, split in splits.items():
     if len(split) == 0:
       raise UserError(f'The {name} split is empty; check config.data (splits, '
                       'validation_fraction) and the data set.')
   logging.info('Data: %s', ', '.join(f'{n} {len(s)} examples' for n, s in splits.items()))
-  epoch_steps = device_data.steps_per_epoch(len(splits['train']), config.batch_size)
+  epoch_steps = pipeline.steps_per_epoch(len(splits['train']), config.batch_size)
   total_steps = epoch_steps * config.num_epochs
-  channels = splits['train'].image.shape[-1]
+  channels = splits['train'].image_shape[-1]
   image_shape = (config.model.input_size, config.model.input_size, channels)
 
   model = models.create_model(config.model)
@@ -116,13 +136,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   save_config(config, workdir)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  train_feed = device_data.DeviceTrainFeed(
-      steps.make_train_step(model, tx, config), splits['train'].arrays(), config.batch_size,
-      config.seed, mesh, device_data.dispatch_steps(config.steps_per_dispatch))
-  eval_step = steps.make_eval_step(model, config)
-  evaluators = {name: device_data.DeviceEvaluator(eval_step, splits[name].arrays(),
-                                                  config.eval_batch_size, mesh)
-                for name in ('validation', 'test')}
+  train_feed, evaluators = _feeds(config, splits, model, tx, mesh, step)
   learning_rate_now = jax.jit(
       lambda step, opt_state: optim.current_learning_rate(config, epoch_steps, step, opt_state))
   hooks = [periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
@@ -135,7 +149,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return {'step': at_step, 'epoch': at_step // epoch_steps,
             'steps_per_epoch': epoch_steps, 'num_train_examples': len(splits['train']),
             'image_shape': list(image_shape),
-            'stored_image_size': int(splits['train'].image.shape[1]),
+            'stored_image_size': int(splits['train'].image_shape[0]),
             'model': config.model.to_dict()}
 
   seen_nonfinite = int(jax.device_get(state.nonfinite_steps))

@@ -105,3 +105,18 @@ def initial_params(config) -> dict:
   init = jax.jit(lambda key: models.create_model(config.model).init(
       key, jnp.zeros((1, 75, 75, 1)), train=False))
   return jax.device_get(init(jax.random.key(config.seed))['params'])
+
+
+@pytest.fixture(scope='session')
+def small_demo_data_dir(tmp_path_factory) -> str:
+  """A TFDS data_dir holding a small synthetic demo build (tfds_adience/gray75: 40 subjects ×
+  2 faces, 16 per fold), built once per test session."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  from facialnet_jax import demo_data  # pylint: disable=import-outside-toplevel
+  from tfds_adience import tfds_adience_dataset_builder  # pylint: disable=import-outside-toplevel
+  raw = tmp_path_factory.mktemp('raw')
+  demo_data.write_demo_raw(raw, num_subjects=40, images_per_subject=2, image_size=40, seed=2)
+  directory = tmp_path_factory.mktemp('tfds')
+  builder = tfds_adience_dataset_builder.Builder(config='gray75', data_dir=directory)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=raw))
+  return str(directory)

@@ -9,10 +9,8 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from facialnet_jax import cross_validate
-from facialnet_jax import demo_data
 from facialnet_jax import restore
 from facialnet_jax.errors import UserError
 from tests.conftest import REPO_ROOT
@@ -35,13 +33,8 @@ def demo_config(data_dir: str):
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  raw = tmp_path_factory.mktemp('raw')
-  demo_data.write_demo_raw(raw, num_subjects=40, images_per_subject=2, image_size=40, seed=2)
-  directory = tmp_path_factory.mktemp('tfds')
-  builder = tfds_adience_dataset_builder.Builder(config='gray75', data_dir=directory)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=raw))
-  return str(directory)
+def data_dir(small_demo_data_dir):
+  return small_demo_data_dir
 
 
 @pytest.fixture(scope='module')
