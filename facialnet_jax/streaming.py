@@ -36,7 +36,8 @@ def _tf():
   return tf
 
 
-def _from_host(split: input_pipeline.HostSplit) -> StreamSplit:
+def from_host(split: input_pipeline.HostSplit) -> StreamSplit:
+  """A host-memory split as a stream (synthetic data, benchmarks)."""
   return StreamSplit(_tf().data.Dataset.from_tensor_slices(split.arrays()), len(split),
                      split.image_shape)
 
@@ -66,7 +67,7 @@ def load_splits(config) -> dict[str, StreamSplit]:
   """train / validation / test as streams; validation is carved by subject as on the device path."""
   data = config.data
   if data.source == 'synthetic':
-    return {name: _from_host(split) for name, split in input_pipeline.load_splits(config).items()}
+    return {name: from_host(split) for name, split in input_pipeline.load_splits(config).items()}
   tf = _tf()
   builder = input_pipeline.tfds_builder(data)
   names = input_pipeline.split_names(data)
