@@ -1,0 +1,119 @@
+"""Numerical faults: a NaN or inf loss (or NaN gradients) at a chosen step stops training with a
+message naming the step and the last good checkpoint, which stays on disk and restorable;
+config.skip_nonfinite=True skips the batch instead, also when resuming the stopped run."""
+
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from facialnet_jax import augment, checkpointing, sharding, steps, train
+from facialnet_jax import metrics as metrics_lib
+from tests.conftest import tiny_config
+
+# One epoch of 8 steps, a checkpoint every 2: step index 5 fails, the host sees it at the stop
+# after step index 5 (state step 6), and the last good checkpoint is step 4.
+BAD_STEP = 5
+LAST_GOOD = 4
+OVERRIDES = {'num_epochs': 1, 'checkpoint.every_steps': 2}
+
+
+def _poison(monkeypatch, where: str, value: float, bad_step: int = BAD_STEP) -> None:
+  """Makes the loss (or the network's input, so the gradients too) `value` at train step
+  `bad_step` only, inside the compiled step: the trainer cannot tell it from a real fault."""
+  current = {}
+  record_step = steps.step_keys
+
+  def step_keys(seed, step):
+    current['step'] = step  # traced: the poisoned step is chosen at run time
+    return record_step(seed, step)
+
+  monkeypatch.setattr(steps, 'step_keys', step_keys)
+  poison = lambda x: x + jnp.where(current['step'] == bad_step, value, 0.0)
+  if where == 'loss':
+    original_loss = metrics_lib.multitask_loss
+
+    def multitask_loss(*args, **kwargs):
+      loss, parts = original_loss(*args, **kwargs)
+      return poison(loss), parts
+
+    monkeypatch.setattr(metrics_lib, 'multitask_loss', multitask_loss)
+  else:
+    original_prepare = augment.prepare_images
+
+    def prepare_images(images, key, config):
+      prepared = original_prepare(images, key, config)
+      return prepared if key is None else poison(prepared)  # evaluation has no key
+
+    monkeypatch.setattr(augment, 'prepare_images', prepare_images)
+
+
+def _checkpoint_steps(workdir) -> list[int]:
+  return sorted(int(name) for name in os.listdir(workdir / 'checkpoints') if name.isdigit())
+
+
+def _latest_state(workdir):
+  manager = checkpointing.open_manager(workdir / 'checkpoints')
+  try:
+    state, _ = checkpointing.restore_replicated(manager, manager.latest_step(),
+                                                sharding.create_mesh())
+  finally:
+    manager.close()
+  return jax.device_get(state)
+
+
+FAULTS = {'NaN loss': ('loss', np.nan), 'inf loss': ('loss', np.inf),
+          'NaN gradients': ('input', np.nan)}
+
+
+@pytest.mark.parametrize('where, value', FAULTS.values(), ids=FAULTS.keys())
+def test_nonfinite_step_stops_training_naming_it_and_keeps_the_last_good_checkpoint(
+    where, value, tmp_path, monkeypatch):
+  _poison(monkeypatch, where, value)
+  with pytest.raises(train.TrainingDiverged) as raised:
+    train.train_and_evaluate(tiny_config(**OVERRIDES), str(tmp_path))
+  message = str(raised.value)
+  assert '\n' not in message
+  assert message.startswith(
+      f'The loss or gradients became NaN/inf at step {BAD_STEP}; training stopped. The last '
+      f'good checkpoint is step {LAST_GOOD} in {tmp_path}/checkpoints. '), message
+  assert 'config.skip_nonfinite=True' in message
+  # Nothing after the fault was saved, everything before it still is, and it restores.
+  assert _checkpoint_steps(tmp_path) == [2, LAST_GOOD]
+  state = _latest_state(tmp_path)
+  assert state['step'] == LAST_GOOD and state['nonfinite_steps'] == 0
+  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state['params']))
+  assert not (tmp_path / train.RESULTS_FILE).exists()
+
+
+def test_skip_nonfinite_resumes_the_stopped_run_and_skips_the_bad_batch(tmp_path, monkeypatch,
+                                                                          caplog):
+  _poison(monkeypatch, 'input', np.nan)
+  with pytest.raises(train.TrainingDiverged):
+    train.train_and_evaluate(tiny_config(**OVERRIDES), str(tmp_path))
+  # The user's fix, as the message suggests: the same command with skip_nonfinite=True.
+  with caplog.at_level(logging.WARNING):
+    results = train.train_and_evaluate(
+        tiny_config(**OVERRIDES, skip_nonfinite=True), str(tmp_path))
+  assert any(f'Skipped 1 NaN/inf steps so far (the first at step {BAD_STEP})' in r.getMessage()
+             for r in caplog.records), [r.getMessage() for r in caplog.records]
+  state = _latest_state(tmp_path)
+  assert state['step'] == 8
+  assert state['nonfinite_steps'] == 1 and state['first_nonfinite_step'] == BAD_STEP
+  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state['params']))
+  assert np.isfinite(results['test']['final']['gender_accuracy'])
+
+
+@pytest.mark.xfail(strict=True, reason='train.py says "The last good checkpoint is step None" '
+                   'when no checkpoint was saved before the fault (change requested)')
+def test_fault_before_the_first_checkpoint_says_none_was_saved(tmp_path, monkeypatch):
+  _poison(monkeypatch, 'loss', np.nan, bad_step=1)
+  with pytest.raises(train.TrainingDiverged) as raised:
+    train.train_and_evaluate(tiny_config(num_epochs=1), str(tmp_path))
+  message = str(raised.value)
+  assert 'step None' not in message, message
+  assert message.startswith('The loss or gradients became NaN/inf at step 1; training stopped. '
+                            'No checkpoint had been saved yet.'), message
