@@ -10,6 +10,7 @@ Adience-data.html#agegender):
 
 import dataclasses
 import pathlib
+import re
 from typing import Sequence
 
 from facialnet_jax import age_groups
@@ -21,6 +22,12 @@ SPLIT_NAMES = tuple(f'fold{fold}' for fold in range(NUM_FOLDS))
 FOLD_COLUMNS = ('user_id', 'original_image', 'face_id', 'age', 'gender', 'x', 'y', 'dx', 'dy',
                 'tilt_ang', 'fiducial_yaw_angle', 'fiducial_score')
 FOLD_HEADER = '\t'.join(FOLD_COLUMNS)
+# What the official fold files write for an unknown label. Any other string that
+# facialnet_jax.age_groups cannot place is a typo or a file in another format, not a choice.
+UNKNOWN_GENDER_LABELS = ('u', '')
+UNKNOWN_AGE_LABELS = ('None', '')
+# A year ('35') or a range ('(25, 32)'); one between two groups maps to unknown, by design.
+_AGE_LABEL_RE = re.compile(r'^(\d+|\(\s*\d+\s*,\s*\d+\s*\))$')
 
 # Crop kind → file name prefix inside <crops>/<user_id>/.
 CROP_FILE_PREFIXES = {'aligned': 'landmark_aligned_face', 'faces': 'coarse_tilt_aligned_face'}
@@ -61,12 +68,14 @@ class MalformedLine:
 
 
 def parse_fold_text(text: str, fold: int) -> tuple[list[FoldRow], list[MalformedLine]]:
-  """Parses one fold file's text. Blank lines are skipped; a leading header line is skipped."""
+  """Parses one fold file's text. Blank lines are skipped; a leading header line is checked
+  (columns in another order would silently swap labels) and skipped."""
   rows, malformed = [], []
   for line_number, line in enumerate(text.splitlines(), start=1):
     if not line.strip():
       continue
     if line_number == 1 and line.startswith('user_id'):
+      _check_header(line, fold)
       continue
     fields = line.split('\t')
     problem = _line_problem(fields)
@@ -78,16 +87,30 @@ def parse_fold_text(text: str, fold: int) -> tuple[list[FoldRow], list[Malformed
   return rows, malformed
 
 
+def _check_header(line: str, fold: int) -> None:
+  columns = [column.strip() for column in line.split('\t')]
+  if columns != list(FOLD_COLUMNS):
+    raise tfds_common.BadSourceError(
+        f'{FOLD_FILE_NAMES[fold]} line 1: the header names the columns {", ".join(columns)}; '
+        f'the Adience fold files have the {len(FOLD_COLUMNS)} tab-separated columns '
+        f'{", ".join(FOLD_COLUMNS)}, in this order: restore the original file.')
+
+
 def _line_problem(fields: Sequence[str]) -> str | None:
   if len(fields) != len(FOLD_COLUMNS):
     return (f'expected {len(FOLD_COLUMNS)} tab-separated columns ({", ".join(FOLD_COLUMNS)}), '
             f'found {len(fields)}')
-  user_id, original_image, face_id = (field.strip() for field in fields[:3])
+  user_id, original_image, face_id, age, gender = (field.strip() for field in fields[:5])
   for name, value in (('user_id', user_id), ('original_image', original_image)):
     if not value or '/' in value or '\\' in value:
       return f'{name} {value!r} is not a valid name'
   if not face_id.isdigit():
     return f'face_id {face_id!r} is not a number'
+  if not _AGE_LABEL_RE.match(age) and age not in UNKNOWN_AGE_LABELS:
+    return f"age {age!r} is not a year, a range such as '(25, 32)' or None (unknown)"
+  if (age_groups.gender_from_label(gender) == age_groups.UNKNOWN
+      and gender.lower() not in UNKNOWN_GENDER_LABELS):
+    return f"gender {gender!r} is not m, f or u (u or empty: unknown)"
   return None
 
 

@@ -12,11 +12,13 @@ import collections
 import concurrent.futures
 import dataclasses
 import functools
+import gzip
 import hashlib
 import os
 import pathlib
 import tarfile
 import zipfile
+import zlib
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import cv2
@@ -103,6 +105,11 @@ class BadRecordError(ValueError):
   """A label row that cannot become an example; the message is one line saying what to do."""
 
 
+class BadSourceError(ValueError):
+  """A raw file that cannot be used at all (a truncated archive, a label file in another
+  layout, a split left empty); skip_bad_records does not apply. One line saying what to do."""
+
+
 def skip_hint(dataset_name: str, config_name: str = 'gray75') -> str:
   """How to skip bad records instead, from Python and from the command line (ends error lines)."""
   return (f'or build with skip_bad_records=True to skip such rows (Python: tfds.builder('
@@ -157,6 +164,8 @@ class DropLog:
 
 
 ARCHIVE_SUFFIXES = ('.tar.gz', '.tgz', '.tar', '.zip')
+# What reading a truncated or corrupted archive raises (tarfile wraps most gzip errors).
+_ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, gzip.BadGzipFile, zlib.error, EOFError)
 
 
 def find_archive(directory: pathlib.Path, stem: str) -> pathlib.Path | None:
@@ -231,7 +240,26 @@ class ArchiveSource(ImageSource):
 
   def _members(self) -> Iterator[tuple[str, Callable[[], bytes]]]:
     """Yields (path, read) for each file member, in archive order; `read` works until the
-    next member is taken."""
+    next member is taken. A truncated or damaged archive raises BadSourceError, from the
+    listing or from `read`."""
+    try:
+      for path, read in self._read_members():
+        yield path, functools.partial(self._read_checked, read)
+    except _ARCHIVE_ERRORS as error:
+      raise self._damaged(error) from error
+
+  def _read_checked(self, read: Callable[[], bytes]) -> bytes:
+    try:
+      return read()
+    except _ARCHIVE_ERRORS as error:
+      raise self._damaged(error) from error
+
+  def _damaged(self, error: BaseException) -> 'BadSourceError':
+    return BadSourceError(
+        f'{self.archive} cannot be read to the end ({type(error).__name__}: {error}): it is '
+        'truncated or damaged, for example by an interrupted download; download it again.')
+
+  def _read_members(self) -> Iterator[tuple[str, Callable[[], bytes]]]:
     if self.archive.name.endswith('.zip'):
       with zipfile.ZipFile(self.archive) as archive:
         for info in archive.infolist():
@@ -427,6 +455,15 @@ def split_records(records: Iterable[FaceRecord], split_names: Sequence[str]
   for record in records:
     by_split[record.split].append(record)
   return by_split
+
+
+def check_no_empty_split(by_split: Mapping[str, list[FaceRecord]],
+                         explain: Callable[[str], str]) -> None:
+  """Raises BadSourceError with `explain(split)` for the first split without examples (TFDS
+  would stop with 'No examples were yielded', naming no file)."""
+  for name, records in by_split.items():
+    if not records:
+      raise BadSourceError(explain(name))
 
 
 def describe_preprocessing(config: FaceImageConfig) -> dict[str, Any]:

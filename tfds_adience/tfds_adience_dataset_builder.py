@@ -81,6 +81,11 @@ the same layout.
         missing_fix=adience_files.missing_image_fix(crops, source),
         unreadable_fix=UNREADABLE_FIX, num_workers=self._num_workers)
     by_split = tfds_common.split_records(kept, adience_files.SPLIT_NAMES)
+    tfds_common.check_no_empty_split(by_split, lambda split: (
+        f'{adience_files.FOLD_FILE_NAMES[adience_files.SPLIT_NAMES.index(split)]} gives no '
+        f'examples ({sum(row.fold == adience_files.SPLIT_NAMES.index(split) for row in rows)} '
+        'label rows, none kept): every fold must hold faces, as each is the test split in '
+        'turn; restore the original fold file.'))
 
     self.info.metadata.clear()
     self.info.metadata.update({

@@ -188,6 +188,10 @@ first; add /skip_bad_records=True to the name (tfds build tfds_utkface/gray75/sk
         missing_fix=f'the file vanished from {source.describe()} during the build: build again',
         unreadable_fix=UNREADABLE_FIX, num_workers=self._num_workers)
     by_split = tfds_common.split_records(kept, SPLIT_NAMES)
+    tfds_common.check_no_empty_split(by_split, lambda split: (
+        f'The {split} split would be empty: {len(kept)} usable faces in {source.describe()}, '
+        'and each goes to train, validation or test by a hash of its file name (80/10/10); '
+        'build from the whole UTKFace release (about 23,700 faces).'))
 
     self.info.metadata.clear()
     self.info.metadata.update({
