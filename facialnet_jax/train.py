@@ -171,11 +171,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if not config.skip_nonfinite:
           checkpoints.wait()
           last_good = checkpoints.latest.latest_step()
+          kept = (f'The last good checkpoint is step {last_good} in '
+                  f'{checkpoints.latest.directory}.' if last_good is not None else
+                  'No checkpoint had been saved yet.')
           raise TrainingDiverged(
               f'The loss or gradients became NaN/inf at step {first_bad}; training stopped. '
-              f'The last good checkpoint is step {last_good} in {checkpoints.latest.directory}. '
-              'Lower config.optimizer.learning_rate, set config.optimizer.grad_clip_norm, or set '
-              'config.skip_nonfinite=True to skip such batches.')
+              f'{kept} Lower config.optimizer.learning_rate, set '
+              'config.optimizer.grad_clip_norm, or set config.skip_nonfinite=True to skip '
+              'such batches.')
         logging.warning('Skipped %d NaN/inf steps so far (the first at step %d).', nonfinite,
                         first_bad)
         seen_nonfinite = nonfinite

@@ -107,8 +107,6 @@ def test_skip_nonfinite_resumes_the_stopped_run_and_skips_the_bad_batch(tmp_path
   assert np.isfinite(results['test']['final']['gender_accuracy'])
 
 
-@pytest.mark.xfail(strict=True, reason='train.py says "The last good checkpoint is step None" '
-                   'when no checkpoint was saved before the fault (change requested)')
 def test_fault_before_the_first_checkpoint_says_none_was_saved(tmp_path, monkeypatch):
   _poison(monkeypatch, 'loss', np.nan, bad_step=1)
   with pytest.raises(train.TrainingDiverged) as raised:
