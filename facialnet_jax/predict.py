@@ -35,7 +35,7 @@ from facialnet_jax.metrics import UNKNOWN_LABEL
 # Faces go through the network in batches padded to a multiple of this, so a few compilations
 # serve any number of faces.
 BATCH_MULTIPLE = 8
-# Pillow refuses larger images as possible decompression bombs; photos are far smaller.
+# Larger images are refused before decoding (3 bytes a pixel); photos are far smaller.
 MAX_PIXELS = 200_000_000
 
 
@@ -76,18 +76,36 @@ class FacePrediction:
 
 def read_photo(path: str) -> np.ndarray:
   """(H, W, 3) uint8 RGB, turned upright per its EXIF orientation; ValueError if unreadable."""
-  Image.MAX_IMAGE_PIXELS = MAX_PIXELS
   try:
-    with Image.open(path) as image:
-      return np.asarray(ImageOps.exif_transpose(image).convert('RGB'))
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+      raise ValueError('the file is empty (0 bytes)')
+    with _open_image(path) as image:
+      width, height = image.size
+      if width * height > MAX_PIXELS:
+        raise ValueError(f'it is {width}×{height} pixels ({width * height / 1e6:.0f} MP), more '
+                         f'than the {MAX_PIXELS // 1_000_000} MP this tool reads; scale it down')
+      return preprocessing.pil_pixels(ImageOps.exif_transpose(image), channels=3)
   except FileNotFoundError:
     raise ValueError('no such file') from None
   except IsADirectoryError:
     raise ValueError('it is a directory, not an image') from None
+  except PermissionError:
+    raise ValueError('no permission to read it') from None
   except Image.UnidentifiedImageError:
     raise ValueError('not an image format Pillow can read') from None
-  except (OSError, SyntaxError, Image.DecompressionBombError) as error:
+  except (OSError, SyntaxError) as error:
     raise ValueError(f'cannot decode it ({error})') from None
+
+
+def _open_image(path: str) -> Image.Image:
+  """Opens the file, reading the header only. Pillow's decompression-bomb guard is left to
+  read_photo, which names the size and the limit."""
+  limit = Image.MAX_IMAGE_PIXELS
+  Image.MAX_IMAGE_PIXELS = None
+  try:
+    return Image.open(path)
+  finally:
+    Image.MAX_IMAGE_PIXELS = limit
 
 
 def make_predictor(run: restore.RestoredRun) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
@@ -199,6 +217,13 @@ def main(argv):
       results.append({'photo': photo, 'error': str(error)})
       continue
     readable += 1
+    height, width = rgb.shape[:2]
+    if FLAGS.whole_image and min(height, width) < face_detection.MIN_FACE_PIXELS:
+      problem = (f'{width}×{height} pixels is too small for a face crop (at least '
+                 f'{face_detection.MIN_FACE_PIXELS}×{face_detection.MIN_FACE_PIXELS})')
+      print(f'{photo}: {problem}.')
+      results.append({'photo': photo, 'error': problem})
+      continue
     predictions = predict_photo(rgb, run, predictor, FLAGS.whole_image, FLAGS.min_neighbors)
     if predictions:
       print(f'{photo}: {len(predictions)} face{"s" if len(predictions) > 1 else ""}')

@@ -24,6 +24,7 @@ _REDUCED_GRAY = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
                  4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
 _REDUCED_COLOR = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
                   4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+_SIXTEEN_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N')
 
 
 def preprocess_face(image, size: int = DEFAULT_IMAGE_SIZE, channels: int = 1) -> np.ndarray:
@@ -62,7 +63,7 @@ def preprocess_face(image, size: int = DEFAULT_IMAGE_SIZE, channels: int = 1) ->
   if isinstance(image, (bytes, bytearray, memoryview)):
     pixels = _centre_square(_decode(bytes(image), size, channels))
   elif isinstance(image, Image.Image):
-    pixels = _centre_square(np.asarray(image.convert('L' if channels == 1 else 'RGB')))
+    pixels = _centre_square(pil_pixels(image, channels))
   elif isinstance(image, np.ndarray):
     # Crop before the colour conversion: a detector's box can be a small part of a big frame.
     pixels = _to_channels(_centre_square(_validate_array(image)), channels)
@@ -111,10 +112,22 @@ def _jpeg_reduction(data: bytes, size: int) -> int:
   return reduction
 
 
+def pil_pixels(image: Image.Image, channels: int) -> np.ndarray:
+  """(H, W) gray (channels 1) or (H, W, 3) RGB uint8 pixels of a PIL image of any mode.
+
+  16-bit gray images (PNG, TIFF) are scaled to 8 bits: Pillow's own convert('L') clips them,
+  which turns nearly every pixel white.
+  """
+  if image.mode in _SIXTEEN_BIT_MODES or (image.mode == 'I' and image.getextrema()[1] > 255):
+    wide = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+    image = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), 'L')
+  return np.asarray(image.convert('L' if channels == 1 else 'RGB'))
+
+
 def _decode_with_pil(data: bytes, channels: int) -> np.ndarray:
   try:
     with Image.open(io.BytesIO(data)) as image:
-      return np.asarray(image.convert('L' if channels == 1 else 'RGB'))
+      return pil_pixels(image, channels)
   except UnidentifiedImageError:
     raise ValueError(f'not an image format OpenCV or Pillow can read ({len(data)} bytes, '
                      f'starting {data[:8]!r})') from None
