@@ -13,7 +13,7 @@ How it measures
   images/s over the windows and the median over rounds of the ratio to PyTorch in
   the same round. It also reports how busy the rest of the machine was: on a
   shared 2-core machine a window where other processes used CPU ("other" > 0.25
-  cores) is not clean; `clean` is the median over clean windows only. PyTorch
+  cores; with --cores N, counted on the pinned CPUs only) is not clean; `clean` is the median over clean windows only. PyTorch
   eager is hurt much more than XLA by other processes on the same cores, so trust
   ratios from clean windows (or from `--cores 1`) over ratios from busy ones.
 
@@ -21,7 +21,10 @@ Configurations (labels in the table)
   torch            PyTorch eager, default environment, all cores (reference).
   torch+malloc     PyTorch eager with the glibc malloc setting below.
   plain/xla        jax.jit, Conv2D 'xla', no environment changes.
-  malloc/xla       ... with GLIBC_TUNABLES (below).
+  malloc/xla       ... with GLIBC_TUNABLES (below) only.
+  flag/xla         ... with XLA_FLAGS (below) only.
+  ynn-de/xla       ... with XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot,eltwise only
+                   (an earlier lead; malloc+ynn-de/xla adds GLIBC_TUNABLES).
   tuned/<impl>     ... with GLIBC_TUNABLES and XLA_FLAGS (below), impl in
                    xla, fast, patches (see facialnet_jax/conv.py).
 
@@ -65,6 +68,10 @@ LR, MOMENTUM, WEIGHT_DECAY = 2e-3, 0.9, 5e-4
 MALLOC = ('glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184:'
           'glibc.malloc.arena_max=1')
 XLA_FLAGS = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
+# The flag value an earlier probe found promising; kept for comparison. It replaces jaxlib's
+# default YNNPACK list, so convolutions AND reductions leave YNNPACK (the bias gradients become
+# 10-30x slower reductions).
+YNN_DOT_ELTWISE = '--xla_cpu_experimental_ynn_fusion_type=dot,eltwise'
 IMPLS = ('xla', 'fast', 'patches')
 
 
@@ -76,14 +83,16 @@ def config_table():
       'plain/xla': ('jax', 'xla', {}),
       'malloc/xla': ('jax', 'xla', {'GLIBC_TUNABLES': MALLOC}),
       'flag/xla': ('jax', 'xla', {'XLA_FLAGS': XLA_FLAGS}),
+      'ynn-de/xla': ('jax', 'xla', {'XLA_FLAGS': YNN_DOT_ELTWISE}),
+      'malloc+ynn-de/xla': ('jax', 'xla', {'GLIBC_TUNABLES': MALLOC, 'XLA_FLAGS': YNN_DOT_ELTWISE}),
   }
   for impl in IMPLS:
     table[f'tuned/{impl}'] = ('jax', impl, {'GLIBC_TUNABLES': MALLOC, 'XLA_FLAGS': XLA_FLAGS})
   return table
 
 
-DEFAULT_CONFIGS = ('torch', 'torch+malloc', 'plain/xla', 'malloc/xla', 'flag/xla', 'tuned/xla',
-                   'tuned/fast', 'tuned/patches')
+DEFAULT_CONFIGS = ('torch', 'torch+malloc', 'plain/xla', 'malloc/xla', 'flag/xla', 'ynn-de/xla',
+                   'malloc+ynn-de/xla', 'tuned/xla', 'tuned/fast', 'tuned/patches')
 
 
 # ----------------------------------------------------------------------------
@@ -229,11 +238,18 @@ def torch_worker(args):
 # Driver.
 
 
-def _busy_cpu_seconds():
-  """CPU seconds spent by the whole machine (all processes) so far."""
+def _busy_cpu_seconds(cpus=None):
+  """CPU seconds spent so far by all processes, on all CPUs or on the listed ones."""
+  total = 0
   with open('/proc/stat') as f:
-    v = [int(t) for t in f.readline().split()[1:9]]
-  return (sum(v) - v[3] - v[4]) / os.sysconf('SC_CLK_TCK')
+    for line in f:
+      name, *vals = line.split()
+      if not name.startswith('cpu'):
+        break
+      if (cpus is None and name == 'cpu') or (cpus is not None and name[3:] in cpus):
+        v = [int(t) for t in vals[:8]]
+        total += sum(v) - v[3] - v[4]
+  return total / os.sysconf('SC_CLK_TCK')
 
 
 def _torch_python(args):
@@ -274,14 +290,16 @@ def measure(args, batch, labels):
 
   windows = {label: [] for label in procs}
   order = list(procs)
+  # with --cores N only the pinned CPUs matter for "other" load
+  cpus = {str(c) for c in range(args.cores)} if args.cores else None
   for r in range(args.rounds):
     for label in (order if r % 2 == 0 else order[::-1]):
       p = procs[label]
-      b0 = _busy_cpu_seconds()
+      b0 = _busy_cpu_seconds(cpus)
       p.stdin.write(f'run {args.window}\n')
       p.stdin.flush()
       out = json.loads(p.stdout.readline())
-      out['other'] = max(0.0, (_busy_cpu_seconds() - b0 - out['cpu']) / out['dt'])
+      out['other'] = max(0.0, (_busy_cpu_seconds(cpus) - b0 - out['cpu']) / out['dt'])
       windows[label].append(out)
     print(f'# batch {batch} round {r}: ' + '  '.join(
         f"{l}={windows[l][-1]['ips']:.0f}({windows[l][-1]['other']:.1f})" for l in order),

@@ -32,7 +32,9 @@ Implementations (all compute the same function; see ``tests/test_conv.py``):
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+import os
+import sys
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -49,6 +51,35 @@ CPU_XLA_FLAGS = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
 # environment when the process starts.
 CPU_GLIBC_TUNABLES = ('glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184:'
                       'glibc.malloc.arena_max=1')
+
+
+def cpu_env_overrides(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+  """Environment variables to add for fast CPU training ({} when already present).
+
+  XLA_FLAGS gains `CPU_XLA_FLAGS` (kept: any flags already there); GLIBC_TUNABLES is
+  set to `CPU_GLIBC_TUNABLES` unless the user set it. Only useful on CPU: the XLA flag
+  is ignored by GPU compilers, and the malloc setting (one arena, no mmap) is meant for
+  a few-core CPU host, not for a GPU host feeding data from many threads.
+  """
+  out = {}
+  flags = environ.get('XLA_FLAGS', '')
+  if 'xla_cpu_experimental_ynn_fusion_type' not in flags:
+    out['XLA_FLAGS'] = f'{flags} {CPU_XLA_FLAGS}'.strip()
+  if 'GLIBC_TUNABLES' not in environ:
+    out['GLIBC_TUNABLES'] = CPU_GLIBC_TUNABLES
+  return out
+
+
+def reexec_with_cpu_env() -> None:
+  """Restarts this process with `cpu_env_overrides()` applied; returns if nothing to add.
+
+  glibc reads GLIBC_TUNABLES only at process start, so a launcher that wants it calls
+  this first thing (before any heavy import). XLA_FLAGS alone could also be set in
+  os.environ before jax creates its CPU backend, but one restart covers both.
+  """
+  extra = cpu_env_overrides()
+  if extra:
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **extra})
 
 
 def out_size(n: int, k: int, s: int, p: int) -> int:

@@ -121,3 +121,11 @@ def test_he_normal_default_init():
   std = float(jnp.std(kernel))
   # He fan-in: std = sqrt(2 / (3*3*128)) = 0.0417 (truncated normal keeps the variance).
   assert abs(std - (2.0 / (9 * 128)) ** 0.5) < 0.003
+
+
+def test_cpu_env_overrides():
+  assert C.cpu_env_overrides({}) == {'XLA_FLAGS': C.CPU_XLA_FLAGS,
+                                     'GLIBC_TUNABLES': C.CPU_GLIBC_TUNABLES}
+  got = C.cpu_env_overrides({'XLA_FLAGS': '--xla_dump_to=/tmp/x', 'GLIBC_TUNABLES': 'mine'})
+  assert got == {'XLA_FLAGS': f'--xla_dump_to=/tmp/x {C.CPU_XLA_FLAGS}'}
+  assert C.cpu_env_overrides({'XLA_FLAGS': C.CPU_XLA_FLAGS, 'GLIBC_TUNABLES': 'x'}) == {}
