@@ -6,6 +6,12 @@ train one model when each is started with --coordinator_address, --num_processes
 --process_id, or with --distributed under SLURM and similar schedulers (README.md).
 """
 
+from facialnet_jax import cpu_env
+
+# Before anything heavy is imported: the CPU settings only take effect at process start.
+cpu_env.reexec_with_cpu_env()
+
+# pylint: disable=wrong-import-position
 from absl import app, flags
 from ml_collections import config_flags
 

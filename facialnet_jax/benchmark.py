@@ -9,6 +9,13 @@ Adience size (75×75 grayscale, ~15k training faces by default) fed through the 
 training run uses. --epochs=N also times N whole epochs, as a full run would.
 """
 
+from facialnet_jax import cpu_env
+
+if __name__ == '__main__':
+  # Measure what training runs with: launch.py starts with the same settings.
+  cpu_env.reexec_with_cpu_env()
+
+# pylint: disable=wrong-import-position
 import json
 import os
 import platform

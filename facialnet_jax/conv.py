@@ -10,7 +10,7 @@ Implementations (all compute the same function; see ``tests/test_conv.py``):
     ``lax.conv_general_dilated`` with explicit symmetric padding. On GPU this is
     the right choice. On CPU it is also the fastest *provided* the process was
     started with ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``
-    (see ``benchmarks/conv_speed.py``): without that flag jaxlib 0.10 sends every
+    (``facialnet_jax.cpu_env`` sets it; see ``benchmarks/conv_speed.py``): without that flag jaxlib 0.10 sends every
     convolution to YNNPACK, whose weight-gradient convolutions are 3-6x slower
     than XLA's own (Eigen) convolutions.
 
@@ -32,9 +32,7 @@ Implementations (all compute the same function; see ``tests/test_conv.py``):
 from __future__ import annotations
 
 import functools
-import os
-import sys
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -42,45 +40,6 @@ import jax.numpy as jnp
 from jax import lax
 
 IMPLEMENTATIONS = ('xla', 'fast', 'patches')
-
-# The XLA:CPU flag that makes 'xla'/'fast' fast on CPU. Must be in XLA_FLAGS
-# before jax initialises its CPU backend (i.e. before the first computation).
-CPU_XLA_FLAGS = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
-# glibc malloc settings that stop XLA's large per-step buffers from being
-# returned to the OS (and page-faulted back in) every step. Must be in the
-# environment when the process starts.
-CPU_GLIBC_TUNABLES = ('glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184:'
-                      'glibc.malloc.arena_max=1')
-
-
-def cpu_env_overrides(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-  """Environment variables to add for fast CPU training ({} when already present).
-
-  XLA_FLAGS gains `CPU_XLA_FLAGS` (kept: any flags already there); GLIBC_TUNABLES is
-  set to `CPU_GLIBC_TUNABLES` unless the user set it. Only useful on CPU: the XLA flag
-  is ignored by GPU compilers, and the malloc setting (one arena, no mmap) is meant for
-  a few-core CPU host, not for a GPU host feeding data from many threads.
-  """
-  out = {}
-  flags = environ.get('XLA_FLAGS', '')
-  if 'xla_cpu_experimental_ynn_fusion_type' not in flags:
-    out['XLA_FLAGS'] = f'{flags} {CPU_XLA_FLAGS}'.strip()
-  if 'GLIBC_TUNABLES' not in environ:
-    out['GLIBC_TUNABLES'] = CPU_GLIBC_TUNABLES
-  return out
-
-
-def reexec_with_cpu_env() -> None:
-  """Restarts this process with `cpu_env_overrides()` applied; returns if nothing to add.
-
-  glibc reads GLIBC_TUNABLES only at process start, so a launcher that wants it calls
-  this first thing (before any heavy import). XLA_FLAGS alone could also be set in
-  os.environ before jax creates its CPU backend, but one restart covers both.
-  """
-  extra = cpu_env_overrides()
-  if extra:
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **extra})
-
 
 def out_size(n: int, k: int, s: int, p: int) -> int:
   """Spatial output size of a k x k / stride s convolution with padding p."""

@@ -70,6 +70,47 @@ def _prepare_workdir(workdir: str) -> str:
   return workdir
 
 
+def _resume(checkpoints: checkpointing.RunCheckpoints, state, epoch_steps: int):
+  """The latest checkpoint's state when there is one (the fresh `state` otherwise)."""
+  restored = checkpointing.restore_latest(checkpoints.latest, checkpointing.abstract_like(state))
+  if restored is None:
+    logging.info('No checkpoint in %s: starting from scratch.', checkpoints.latest.directory)
+    return state
+  state, meta = restored
+  if meta['steps_per_epoch'] != epoch_steps:
+    raise UserError(
+        f'{os.path.dirname(checkpoints.latest.directory)} holds a run with '
+        f'{meta["steps_per_epoch"]} steps per epoch, but this config gives {epoch_steps}: the '
+        'data or batch size changed. Use a new --workdir.')
+  step = meta['step']
+  logging.info('Resuming from the checkpoint at step %d (epoch %d, batch %d of %d) in %s.',
+               step, step // epoch_steps + 1, step % epoch_steps, epoch_steps,
+               checkpoints.latest.directory)
+  return state
+
+
+def _check_finite(state, seen_nonfinite: int, config,
+                  checkpoints: checkpointing.RunCheckpoints) -> int:
+  """Stops the run (or, with config.skip_nonfinite, warns) when new NaN/inf steps occurred;
+  returns the count seen so far. The skipped steps' updates were never applied."""
+  nonfinite = int(jax.device_get(state.nonfinite_steps))
+  if nonfinite == seen_nonfinite:
+    return nonfinite
+  first_bad = int(jax.device_get(state.first_nonfinite_step))
+  if config.skip_nonfinite:
+    logging.warning('Skipped %d NaN/inf steps so far (the first at step %d).', nonfinite,
+                    first_bad)
+    return nonfinite
+  checkpoints.wait()
+  last_good = checkpoints.latest.latest_step()
+  kept = (f'The last good checkpoint is step {last_good} in {checkpoints.latest.directory}.'
+          if last_good is not None else 'No checkpoint had been saved yet.')
+  raise TrainingDiverged(
+      f'The loss or gradients became NaN/inf at step {first_bad}; training stopped. {kept} '
+      'Lower config.optimizer.learning_rate, set config.optimizer.grad_clip_norm, or set '
+      'config.skip_nonfinite=True to skip such batches.')
+
+
 def _feeds(config, splits, model, tx, mesh, start_step: int):
   """The training feed and the validation/test evaluators of the configured input pipeline."""
   train_step = steps.make_train_step(model, tx, config)
@@ -118,21 +159,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   checkpoints = checkpointing.RunCheckpoints(workdir, config.checkpoint.keep,
                                              config.checkpoint.best_metric)
-  restored = checkpointing.restore_latest(checkpoints.latest,
-                                          checkpointing.abstract_like(state))
-  if restored is not None:
-    state, meta = restored
-    if meta['steps_per_epoch'] != epoch_steps:
-      raise UserError(
-          f'{workdir} holds a run with {meta["steps_per_epoch"]} steps per epoch, but this config '
-          f'gives {epoch_steps}: the data or batch size changed. Use a new --workdir.')
+  state = _resume(checkpoints, state, epoch_steps)
   step = int(jax.device_get(state.step))
-  if restored is not None:
-    logging.info('Resuming from the checkpoint at step %d (epoch %d, batch %d of %d) in %s.',
-                 step, step // epoch_steps + 1, step % epoch_steps, epoch_steps,
-                 checkpoints.latest.directory)
-  else:
-    logging.info('No checkpoint in %s: starting from scratch.', checkpoints.latest.directory)
   save_config(config, workdir)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
@@ -165,24 +193,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       for hook in hooks:
         hook(step)
 
-      nonfinite = int(jax.device_get(state.nonfinite_steps))
-      if nonfinite > seen_nonfinite:
-        first_bad = int(jax.device_get(state.first_nonfinite_step))
-        if not config.skip_nonfinite:
-          checkpoints.wait()
-          last_good = checkpoints.latest.latest_step()
-          kept = (f'The last good checkpoint is step {last_good} in '
-                  f'{checkpoints.latest.directory}.' if last_good is not None else
-                  'No checkpoint had been saved yet.')
-          raise TrainingDiverged(
-              f'The loss or gradients became NaN/inf at step {first_bad}; training stopped. '
-              f'{kept} Lower config.optimizer.learning_rate, set '
-              'config.optimizer.grad_clip_norm, or set config.skip_nonfinite=True to skip '
-              'such batches.')
-        logging.warning('Skipped %d NaN/inf steps so far (the first at step %d).', nonfinite,
-                        first_bad)
-        seen_nonfinite = nonfinite
-
+      seen_nonfinite = _check_finite(state, seen_nonfinite, config, checkpoints)
       if step % config.log_every_steps == 0 or step % epoch_steps == 0:
         learning_rate = learning_rate_now(state.step, state.opt_state)
         writer.write_scalars(step, {f'train/{k}': v for k, v in

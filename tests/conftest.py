@@ -7,6 +7,12 @@ import sys
 
 import pytest
 
+from facialnet_jax import cpu_env
+
+# In-process tests compute with the settings launch.py re-executes itself with (the XLA flag
+# only: glibc's tunables cannot change after start). Set before anything imports jax.
+os.environ.update(cpu_env.cpu_env_overrides(with_malloc=False))
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / 'shared' / 'data'
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from facialnet_jax import conv as C
+from facialnet_jax import cpu_env
 
 # (name, input spatial size, in channels, out channels, kernel, stride, padding)
 FACIALNET_CONVS = [
@@ -124,8 +125,10 @@ def test_he_normal_default_init():
 
 
 def test_cpu_env_overrides():
-  assert C.cpu_env_overrides({}) == {'XLA_FLAGS': C.CPU_XLA_FLAGS,
-                                     'GLIBC_TUNABLES': C.CPU_GLIBC_TUNABLES}
-  got = C.cpu_env_overrides({'XLA_FLAGS': '--xla_dump_to=/tmp/x', 'GLIBC_TUNABLES': 'mine'})
-  assert got == {'XLA_FLAGS': f'--xla_dump_to=/tmp/x {C.CPU_XLA_FLAGS}'}
-  assert C.cpu_env_overrides({'XLA_FLAGS': C.CPU_XLA_FLAGS, 'GLIBC_TUNABLES': 'x'}) == {}
+  assert cpu_env.cpu_env_overrides({}) == {'XLA_FLAGS': cpu_env.CPU_XLA_FLAGS,
+                                           'GLIBC_TUNABLES': cpu_env.CPU_GLIBC_TUNABLES}
+  got = cpu_env.cpu_env_overrides({'XLA_FLAGS': '--xla_dump_to=/tmp/x', 'GLIBC_TUNABLES': 'mine'})
+  assert got == {'XLA_FLAGS': f'--xla_dump_to=/tmp/x {cpu_env.CPU_XLA_FLAGS}'}
+  assert cpu_env.cpu_env_overrides({'XLA_FLAGS': cpu_env.CPU_XLA_FLAGS,
+                                    'GLIBC_TUNABLES': 'x'}) == {}
+  assert 'GLIBC_TUNABLES' not in cpu_env.cpu_env_overrides({}, with_malloc=False)
