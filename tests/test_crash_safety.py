@@ -20,15 +20,12 @@ from facialnet_jax import checkpointing, restore, sharding
 from facialnet_jax.errors import UserError
 from tests.conftest import final_params, launch_command, run_launch, tiny_config, tiny_flags
 
-# 64 training faces in batches of 8 for 4 epochs: 32 steps, a checkpoint every 2, so a kill
-# at any moment is likely to land in a save or just after one.
+# 64 training faces in batches of 8 for 4 epochs: 32 steps, a checkpoint every 2. Each killed
+# run gets 4 to 6 steps in, so 4 kills leave the last run half of the training to do.
 OVERRIDES = {'checkpoint.every_steps': 2, 'num_epochs': 4}
 TOTAL_STEPS = 32
 ARGS = ('--config', 'configs/synthetic.py', *tiny_flags(**OVERRIDES))
 KILLS = 4
-# After a restarted run has saved past where it started, it is killed this many seconds later
-# (drawn from a seeded RNG): a few steps at most, so every kill lands inside training.
-KILL_DELAY_SECONDS = (0.0, 0.6)
 TMP_MARK = '.orbax-checkpoint-tmp'
 
 
@@ -88,21 +85,27 @@ def uninterrupted(reference_run) -> pathlib.Path:
   return reference_run.finished()
 
 
-def _start_and_kill(workdir: pathlib.Path, delay: float, log_path: pathlib.Path) -> int:
-  """Starts the run, waits until it has saved a checkpoint past where it started (so it is
-  training), sleeps `delay` s and SIGKILLs it. Returns the newest step on disk before the kill."""
-  started_at = max(_steps(workdir / 'checkpoints'), default=0)
+def _start_and_kill(workdir: pathlib.Path, fraction: float, log_path: pathlib.Path) -> int:
+  """Starts the run and waits for two new checkpoints (so it is training, whatever the
+  machine's speed), then SIGKILLs it `fraction` of the time between those two later: anywhere
+  in a save cycle, in a save or between saves. Returns the newest step on disk before the kill."""
   argv, options = launch_command('--workdir', str(workdir), *ARGS)
   with open(log_path, 'w') as log:
     process = subprocess.Popen(argv, **options, stdout=log, stderr=subprocess.STDOUT)
     try:
-      deadline = time.monotonic() + 300
-      while (max(_steps(workdir / 'checkpoints'), default=0) <= started_at
-             and process.poll() is None):
-        assert time.monotonic() < deadline, 'the run saved nothing in 300 s'
-        time.sleep(0.02)
-      time.sleep(delay)
-      newest = max(_steps(workdir / 'checkpoints'), default=0)
+      def newest_after(step: int) -> int:
+        deadline = time.monotonic() + 300
+        while (newest := max(_steps(workdir / 'checkpoints'), default=0)) <= step:
+          assert process.poll() is None, 'the run ended before it was killed'
+          assert time.monotonic() < deadline, 'the run saved nothing in 300 s'
+          time.sleep(0.01)
+        return newest
+
+      first = newest_after(max(_steps(workdir / 'checkpoints'), default=0))
+      first_seen = time.monotonic()
+      newest_after(first)
+      time.sleep(fraction * (time.monotonic() - first_seen))
+      newest = max(_steps(workdir / 'checkpoints'))
       os.kill(process.pid, signal.SIGKILL)
     finally:
       if process.poll() is None:
@@ -120,8 +123,7 @@ def test_sigkill_at_random_points_and_restarts_end_bit_for_bit_like_an_uninterru
   rng = random.Random(1234)
   history = []
   for attempt in range(KILLS):
-    newest = _start_and_kill(workdir, rng.uniform(*KILL_DELAY_SECONDS),
-                             tmp_path / f'attempt{attempt}.log')
+    newest = _start_and_kill(workdir, rng.random(), tmp_path / f'attempt{attempt}.log')
     history.append((newest, _leftovers(workdir)))
   assert history[-1][0] < TOTAL_STEPS, history
   print('newest step and leftover tmp dirs after each kill:', history)
