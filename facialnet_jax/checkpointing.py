@@ -138,18 +138,19 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state) -> tuple[
 
 
 def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> list[str]:
-  """Renames unreadable steps to `<step>.unreadable` (process 0; all processes then agree)."""
+  """Renames unreadable steps to `<step>.unreadable` (process 0; the others wait for it, then
+  all see the same steps). Returns the new paths (on process 0)."""
   directory = os.fspath(manager.directory)
   moved = []
-  for step in steps:
-    target = os.path.join(directory, f'{step}{UNREADABLE_SUFFIX}')
-    suffix = 1
-    while os.path.exists(target):
-      suffix += 1
-      target = os.path.join(directory, f'{step}{UNREADABLE_SUFFIX}-{suffix}')
-    if jax.process_index() == 0:
+  if jax.process_index() == 0:
+    for step in steps:
+      target = os.path.join(directory, f'{step}{UNREADABLE_SUFFIX}')
+      copy = 1
+      while os.path.exists(target):
+        copy += 1
+        target = os.path.join(directory, f'{step}{UNREADABLE_SUFFIX}-{copy}')
       os.rename(os.path.join(directory, str(step)), target)
-    moved.append(target)
+      moved.append(target)
   # Unique per manager, as orbax requires of barrier names; called once per run.
   ocp.multihost.sync_global_processes(f'facialnet_set_aside:{directory}')
   manager.reload()
@@ -182,8 +183,9 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state) -> tuple[Any,
       continue
     if unreadable:
       moved = _set_aside(manager, unreadable)
-      logging.warning('Resuming from step %d; the unreadable checkpoint(s) were renamed %s '
-                      '(delete them once you no longer need them).', step, ', '.join(moved))
+      if moved:
+        logging.warning('Resuming from step %d; the unreadable checkpoint(s) were renamed %s '
+                        '(delete them once you no longer need them).', step, ', '.join(moved))
     return restored
   return None
 
