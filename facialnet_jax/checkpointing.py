@@ -190,6 +190,23 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state) -> tuple[Any,
   return None
 
 
+def restore_best(manager: ocp.CheckpointManager, abstract_state) -> tuple[Any, dict] | None:
+  """The best checkpoint of `manager` (checkpoints_best/); None when there is none, or when it
+  cannot be read (with a warning): a finished run's other results are still worth reporting,
+  and failing here would fail every re-run too."""
+  step = manager.best_step()
+  if step is None:
+    return None
+  try:
+    return restore(manager, step, abstract_state)
+  except UserError:
+    raise
+  except Exception as error:  # pylint: disable=broad-except
+    logging.warning('The best checkpoint, step %d in %s, cannot be read (%s); only the final '
+                    'state is evaluated.', step, manager.directory, _brief(error))
+    return None
+
+
 def restore_replicated(manager: ocp.CheckpointManager, step: int, mesh: jax.sharding.Mesh
                        ) -> tuple[Any, dict]:
   """Restores (state as nested dicts, meta) replicated on `mesh`, whatever the devices that

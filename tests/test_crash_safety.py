@@ -236,6 +236,24 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_with_a_warning(
   assert (workdir / 'checkpoints' / f'{newest}{checkpointing.UNREADABLE_SUFFIX}').is_dir()
 
 
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+def test_damaged_best_checkpoint_is_skipped_with_a_warning(finished_run, tmp_path, caplog):
+  workdir = _copy_checkpoints(finished_run, tmp_path)
+  checkpoints = checkpointing.RunCheckpoints(str(workdir), 3, 'age_accuracy')
+  try:
+    best = checkpoints.best.best_step()
+    assert checkpointing.restore_best(checkpoints.best, _abstract_state())[1]['step'] == best
+    _truncate_array_file(workdir / 'checkpoints_best' / str(best))
+    with caplog.at_level(logging.WARNING):
+      assert checkpointing.restore_best(checkpoints.best, _abstract_state()) is None
+  finally:
+    checkpoints.close()
+    gc.collect()
+  assert any(record.getMessage().startswith(
+      f'The best checkpoint, step {best} in {workdir}/checkpoints_best, cannot be read (')
+             for record in caplog.records), [record.getMessage() for record in caplog.records]
+
+
 def test_no_readable_checkpoint_is_one_clear_error_and_nothing_is_moved(finished_run, tmp_path):
   workdir = _copy_checkpoints(finished_run, tmp_path)
   steps = _steps(workdir / 'checkpoints')
