@@ -33,7 +33,9 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  # Imported here so that flag errors are reported before JAX and TensorFlow load.
+  # Config values are checked, and flag errors reported, before JAX and TensorFlow load.
+  from facialnet_jax import config_checks  # pylint: disable=import-outside-toplevel
+  config_checks.check_config(FLAGS.config)
   from facialnet_jax import distributed, train  # pylint: disable=import-outside-toplevel
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                          FLAGS.distributed)

@@ -49,11 +49,19 @@ def _format_metrics(values: dict[str, float]) -> str:
           f' (1-off {100 * values["age_one_off_accuracy"]:.1f}%)')
 
 
+def write_atomically(path: str, text: str) -> None:
+  """Writes a whole file or nothing: a crash mid-write leaves the previous version in place."""
+  temporary = f'{path}.tmp-{os.getpid()}'
+  with open(temporary, 'w') as f:
+    f.write(text)
+  os.replace(temporary, path)
+
+
 def save_config(config, workdir: str) -> None:
   """Writes the resolved config beside the checkpoints (process 0 only)."""
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    write_atomically(os.path.join(workdir, CONFIG_FILE),
+                     config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def _prepare_workdir(workdir: str) -> str:
@@ -106,7 +114,8 @@ def _check_finite(state, seen_nonfinite: int, config,
   kept = (f'The last good checkpoint is step {last_good} in {checkpoints.latest.directory}.'
           if last_good is not None else 'No checkpoint had been saved yet.')
   raise TrainingDiverged(
-      f'The loss or gradients became NaN/inf at step {first_bad}; training stopped. {kept} '
+      f'The loss or gradients became NaN/inf at step {first_bad} (the update from step '
+      f'{first_bad} to {first_bad + 1} was not applied); training stopped. {kept} '
       'Lower config.optimizer.learning_rate, set config.optimizer.grad_clip_norm, or set '
       'config.skip_nonfinite=True to skip such batches.')
 
@@ -223,8 +232,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   results = final_evaluation(config, checkpoints, state, evaluators)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, RESULTS_FILE), 'w') as f:
-      json.dump(results, f, indent=2, sort_keys=True)
+    write_atomically(os.path.join(workdir, RESULTS_FILE),
+                     json.dumps(results, indent=2, sort_keys=True))
   for name, values in results['test'].items():
     logging.info('Test (%s checkpoint, step %d): %s', name, values['step'],
                  _format_metrics(values))
@@ -241,10 +250,9 @@ def final_evaluation(config, checkpoints, state, evaluators) -> dict:
   """
   results = {'test': {}, 'validation': {}}
   candidates = {'final': state}
-  best_step = checkpoints.best.best_step()
-  if best_step is not None:
-    candidates['best'], _ = checkpointing.restore(checkpoints.best, best_step,
-                                                  checkpointing.abstract_like(state))
+  best = checkpointing.restore_best(checkpoints.best, checkpointing.abstract_like(state))
+  if best is not None:
+    candidates['best'] = best[0]
   for name, candidate in candidates.items():
     at_step = int(jax.device_get(candidate.step))
     for split in ('validation', 'test'):

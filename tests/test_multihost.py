@@ -4,11 +4,12 @@ model and end where a single process with as many devices does."""
 import socket
 import subprocess
 
+from tests.test_training import DEVICE_COMPARISON
 from tests.conftest import (final_params, initial_params, launch_command, relative_difference,
                             run_launch, tiny_config, tiny_flags)
 
-# Augmentation off for the same reason as in test_training's device-count test.
-FLAGS = ('--config', 'configs/synthetic.py', *tiny_flags(**{'augment.enabled': False}))
+# As in test_training's device-count test (see DEVICE_COMPARISON there for why).
+FLAGS = ('--config', 'configs/synthetic.py', *tiny_flags(**DEVICE_COMPARISON))
 
 
 def _free_port() -> int:
@@ -30,7 +31,7 @@ def test_two_processes_train_like_one_process_with_four_devices(tmp_path):
   for worker, (_, stderr) in zip(workers, outputs):
     assert worker.returncode == 0, stderr[-3000:]
   assert '4 devices (cpu)' in outputs[0][1]
-  assert 'Epoch 2/2' in outputs[0][1] and 'Epoch 2/2' not in outputs[1][1]  # process 0 reports
+  assert 'Epoch 1/1' in outputs[0][1] and 'Epoch 1/1' not in outputs[1][1]  # process 0 reports
   assert len(list((tmp_path / 'two_processes').glob('events.out.tfevents.*'))) == 1
 
   single = run_launch('--workdir', str(tmp_path / 'one_process'), *FLAGS, devices=4)

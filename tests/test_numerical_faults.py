@@ -80,7 +80,8 @@ def test_nonfinite_step_stops_training_naming_it_and_keeps_the_last_good_checkpo
   message = str(raised.value)
   assert '\n' not in message
   assert message.startswith(
-      f'The loss or gradients became NaN/inf at step {BAD_STEP}; training stopped. The last '
+      f'The loss or gradients became NaN/inf at step {BAD_STEP} (the update from step '
+      f'{BAD_STEP} to {BAD_STEP + 1} was not applied); training stopped. The last '
       f'good checkpoint is step {LAST_GOOD} in {tmp_path}/checkpoints. '), message
   assert 'config.skip_nonfinite=True' in message
   # Nothing after the fault was saved, everything before it still is, and it restores.
@@ -115,5 +116,6 @@ def test_fault_before_the_first_checkpoint_says_none_was_saved(tmp_path, monkeyp
     train.train_and_evaluate(tiny_config(num_epochs=1), str(tmp_path))
   message = str(raised.value)
   assert 'step None' not in message, message
-  assert message.startswith('The loss or gradients became NaN/inf at step 1; training stopped. '
+  assert message.startswith('The loss or gradients became NaN/inf at step 1 (the update from '
+                            'step 1 to 2 was not applied); training stopped. '
                             'No checkpoint had been saved yet.'), message
