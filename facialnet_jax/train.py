@@ -78,18 +78,32 @@ def _prepare_workdir(workdir: str) -> str:
   return workdir
 
 
-def _resume(checkpoints: checkpointing.RunCheckpoints, state, epoch_steps: int):
+def run_identity(config) -> dict:
+  """What a resumed run must share with the run that wrote the checkpoint: the data (where
+  they are stored may move), the seed and the batch size, which fix the sample order."""
+  data = config.data.to_dict()
+  data.pop('data_dir')
+  return {'data': data, 'seed': config.seed, 'batch_size': config.batch_size}
+
+
+def _resume(checkpoints: checkpointing.RunCheckpoints, state, epoch_steps: int, config):
   """The latest checkpoint's state when there is one (the fresh `state` otherwise)."""
   restored = checkpointing.restore_latest(checkpoints.latest, checkpointing.abstract_like(state))
   if restored is None:
     logging.info('No checkpoint in %s: starting from scratch.', checkpoints.latest.directory)
     return state
   state, meta = restored
+  workdir = os.path.dirname(checkpoints.latest.directory)
+  changed = sorted(key for key, value in run_identity(config).items()
+                   if key in meta.get('run', {}) and meta['run'][key] != value)
+  if changed:
+    raise UserError(f'{workdir} holds a run with other {", ".join(changed)} than this config; '
+                    'resuming would mix two runs. Use a new --workdir, or the config it was '
+                    'started with (its config.json).')
   if meta['steps_per_epoch'] != epoch_steps:
     raise UserError(
-        f'{os.path.dirname(checkpoints.latest.directory)} holds a run with '
-        f'{meta["steps_per_epoch"]} steps per epoch, but this config gives {epoch_steps}: the '
-        'data or batch size changed. Use a new --workdir.')
+        f'{workdir} holds a run with {meta["steps_per_epoch"]} steps per epoch, but this config '
+        f'gives {epoch_steps}: the data or batch size changed. Use a new --workdir.')
   step = meta['step']
   logging.info('Resuming from the checkpoint at step %d (epoch %d, batch %d of %d) in %s.',
                step, step // epoch_steps + 1, step % epoch_steps, epoch_steps,
@@ -168,7 +182,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   checkpoints = checkpointing.RunCheckpoints(workdir, config.checkpoint.keep,
                                              config.checkpoint.best_metric)
-  state = _resume(checkpoints, state, epoch_steps)
+  state = _resume(checkpoints, state, epoch_steps, config)
   step = int(jax.device_get(state.step))
   save_config(config, workdir)
 
@@ -187,6 +201,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             'steps_per_epoch': epoch_steps, 'num_train_examples': len(splits['train']),
             'image_shape': list(image_shape),
             'stored_image_size': int(splits['train'].image_shape[0]),
+            'run': run_identity(config),
             'model': config.model.to_dict()}
 
   seen_nonfinite = int(jax.device_get(state.nonfinite_steps))
