@@ -78,6 +78,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 100
   config.eval_every_epochs = 1
   config.skip_nonfinite = False  # True: skip NaN/inf steps instead of stopping
+  # Even when skipping, stop after this many skipped steps: a run that skips most steps has
+  # diverged, and skipping forever would only burn the time budget.
+  config.max_skipped_steps = 100
   config.profile_steps = 0  # > 0: write a profiler trace of this many steps
 
   config.checkpoint = ml_collections.ConfigDict()

@@ -8,7 +8,8 @@ _POSITIVE_INTS = ('batch_size', 'eval_batch_size', 'num_epochs',
                   'log_every_steps', 'eval_every_epochs', 'checkpoint.keep', 'model.input_size')
 _NON_NEGATIVE = ('optimizer.learning_rate', 'optimizer.weight_decay', 'optimizer.grad_clip_norm',
                  'checkpoint.every_steps', 'steps_per_dispatch', 'loss.gender_weight',
-                 'loss.age_weight', 'schedule.warmup_epochs', 'profile_steps')
+                 'loss.age_weight', 'schedule.warmup_epochs', 'profile_steps',
+                 'max_skipped_steps')
 _CHOICES = {
     'data.pipeline': ('device', 'streaming'),
     'data.source': ('tfds', 'synthetic'),

@@ -178,8 +178,7 @@ class QuotedResult:
 
 QUOTED_RESULTS = (
     QuotedResult('Levi & Hassner 2015, CNN (quoted)', '86.8 ± 1.4', '50.7 ± 5.1', '84.7 ± 2.2',
-                 'standard 5-fold protocol, mean ± std over folds (their Tables 2 and 3, '
-                 'over-sampling)'),
+                 'standard 5-fold protocol, mean ± std over folds, their over-sampled test crops'),
     QuotedResult('FacialNet paper, without augmentation (quoted)', '88.6', '68.1', None,
                  'the paper\'s claim; protocol and split not stated'),
     QuotedResult('FacialNet paper, with augmentation (quoted)', '94.2', '72.8', None,

@@ -113,13 +113,14 @@ def _resume(checkpoints: checkpointing.RunCheckpoints, state, epoch_steps: int, 
 
 def _check_finite(state, seen_nonfinite: int, config,
                   checkpoints: checkpointing.RunCheckpoints) -> int:
-  """Stops the run (or, with config.skip_nonfinite, warns) when new NaN/inf steps occurred;
-  returns the count seen so far. The skipped steps' updates were never applied."""
+  """Stops the run when new NaN/inf steps occurred (with config.skip_nonfinite, warns instead
+  until more than config.max_skipped_steps were skipped); returns the count seen so far. The
+  skipped steps' updates were never applied."""
   nonfinite = int(jax.device_get(state.nonfinite_steps))
   if nonfinite == seen_nonfinite:
     return nonfinite
   first_bad = int(jax.device_get(state.first_nonfinite_step))
-  if config.skip_nonfinite:
+  if config.skip_nonfinite and nonfinite <= config.max_skipped_steps:
     logging.warning('Skipped %d NaN/inf steps so far (the first at step %d).', nonfinite,
                     first_bad)
     return nonfinite
@@ -127,6 +128,13 @@ def _check_finite(state, seen_nonfinite: int, config,
   last_good = checkpoints.latest.latest_step()
   kept = (f'The last good checkpoint is step {last_good} in {checkpoints.latest.directory}.'
           if last_good is not None else 'No checkpoint had been saved yet.')
+  if config.skip_nonfinite:
+    # Skipped updates were never applied, so every checkpoint holds finite parameters.
+    raise TrainingDiverged(
+        f'{nonfinite} steps had a NaN/inf loss or gradients (the first at step {first_bad}), '
+        f'more than config.max_skipped_steps={config.max_skipped_steps}; training stopped. '
+        f'{kept} Lower config.optimizer.learning_rate, set config.optimizer.grad_clip_norm, '
+        'or raise config.max_skipped_steps.')
   raise TrainingDiverged(
       f'The loss or gradients became NaN/inf at step {first_bad} (the update from step '
       f'{first_bad} to {first_bad + 1} was not applied); training stopped. {kept} '

@@ -1,9 +1,11 @@
 """Numerical faults: a NaN or inf loss (or NaN gradients) at a chosen step stops training with a
 message naming the step and the last good checkpoint, which stays on disk and restorable;
-config.skip_nonfinite=True skips the batch instead, also when resuming the stopped run."""
+config.skip_nonfinite=True skips the batch instead, also when resuming the stopped run, but
+still stops a run that keeps failing (config.max_skipped_steps)."""
 
 import logging
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -21,9 +23,11 @@ LAST_GOOD = 4
 OVERRIDES = {'num_epochs': 1, 'checkpoint.every_steps': 2}
 
 
-def _poison(monkeypatch, where: str, value: float, bad_step: int = BAD_STEP) -> None:
+def _poison(monkeypatch, where: str, value: float, bad_step: int = BAD_STEP,
+            every_step_after: bool = False) -> None:
   """Makes the loss (or the network's input, so the gradients too) `value` at train step
-  `bad_step` only, inside the compiled step: the trainer cannot tell it from a real fault."""
+  `bad_step` only (or at it and every later step), inside the compiled step: the trainer cannot
+  tell it from a real fault."""
   current = {}
   record_step = steps.step_keys
 
@@ -32,7 +36,9 @@ def _poison(monkeypatch, where: str, value: float, bad_step: int = BAD_STEP) -> 
     return record_step(seed, step)
 
   monkeypatch.setattr(steps, 'step_keys', step_keys)
-  poison = lambda x: x + jnp.where(current['step'] == bad_step, value, 0.0)
+  poison = lambda x: x + jnp.where(
+      (current['step'] >= bad_step) if every_step_after else (current['step'] == bad_step),
+      value, 0.0)
   if where == 'loss':
     original_loss = metrics_lib.multitask_loss
 
@@ -119,3 +125,22 @@ def test_fault_before_the_first_checkpoint_says_none_was_saved(tmp_path, monkeyp
   assert message.startswith('The loss or gradients became NaN/inf at step 1 (the update from '
                             'step 1 to 2 was not applied); training stopped. '
                             'No checkpoint had been saved yet.'), message
+
+
+def test_skipping_stops_a_run_that_keeps_failing(tmp_path, monkeypatch):
+  # Every step from step 2 on fails. The host checks after each dispatch, so it stops at the
+  # first check that sees more than 2 skipped steps; every checkpoint kept is from before that.
+  _poison(monkeypatch, 'loss', np.nan, bad_step=2, every_step_after=True)
+  with pytest.raises(train.TrainingDiverged) as raised:
+    train.train_and_evaluate(
+        tiny_config(**OVERRIDES, skip_nonfinite=True, max_skipped_steps=2), str(tmp_path))
+  message = str(raised.value)
+  match = re.match(
+      r'(\d+) steps had a NaN/inf loss or gradients \(the first at step 2\), more than '
+      r'config\.max_skipped_steps=2; training stopped\. The last good checkpoint is step (\d+) '
+      f'in {re.escape(str(tmp_path))}/checkpoints\\. ', message)
+  assert match and int(match[1]) > 2, message
+  assert _checkpoint_steps(tmp_path)[-1] == int(match[2])
+  state = _latest_state(tmp_path)
+  assert 0 < state['nonfinite_steps'] <= 2
+  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state['params']))
