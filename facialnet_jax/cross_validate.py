@@ -13,7 +13,7 @@ training curves and confusion matrices (summed over folds) as PNG.
 from facialnet_jax import cpu_env
 
 if __name__ == '__main__':
-  # Five training runs: start with the same CPU settings as launch.py (they double its speed).
+  # Five training runs: start with the same CPU settings as launch.py (they nearly double its speed).
   cpu_env.reexec_with_cpu_env()
 
 # pylint: disable=wrong-import-position
