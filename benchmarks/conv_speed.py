@@ -56,6 +56,10 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# cpu_env needs only the standard library, so the PyTorch worker (another interpreter, the
+# project not installed) imports it too.
+sys.path.insert(0, REPO)
+from facialnet_jax import cpu_env  # pylint: disable=wrong-import-position
 
 # name, features, kernel, stride, padding (the paper's table)
 LAYERS = (('conv1', 32, 3, 2, 1), ('conv2', 64, 3, 1, 1), ('conv3', 128, 3, 2, 1),
@@ -65,9 +69,9 @@ HEADS = (('gender', 2, 0.5, 0.3), ('age', 8, 0.4, 0.2))
 N_PARAMS = 4_159_242
 LR, MOMENTUM, WEIGHT_DECAY = 2e-3, 0.9, 5e-4
 
-MALLOC = ('glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184:'
-          'glibc.malloc.arena_max=1')
-XLA_FLAGS = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
+# The settings launch.py starts with.
+MALLOC = cpu_env.CPU_GLIBC_TUNABLES
+XLA_FLAGS = cpu_env.CPU_XLA_FLAGS
 # The flag value an earlier probe found promising; kept for comparison. It replaces jaxlib's
 # default YNNPACK list, so convolutions AND reductions leave YNNPACK (the bias gradients become
 # 10-30x slower reductions).
@@ -117,7 +121,6 @@ def _serve(step, batch_images):
 
 
 def jax_worker(args):
-  sys.path.insert(0, REPO)
   import flax.linen as nn
   import jax
   import jax.numpy as jnp

@@ -71,7 +71,7 @@ class RunCheckpoints:
     self.best.close()
 
 
-def _brief(error: BaseException) -> str:
+def brief_error(error: BaseException) -> str:
   """One line about a failed read: the innermost cause, without TensorStore's JSON spec."""
   while error.__cause__ is not None:
     error = error.__cause__
@@ -177,9 +177,9 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state) -> tuple[Any,
       if position + 1 == len(steps):
         raise UserError(f'No checkpoint in {manager.directory} can be read (steps '
                         f'{", ".join(map(str, steps))}; the last error, at step {step}: '
-                        f'{_brief(error)}); move the directory away to start afresh.') from None
+                        f'{brief_error(error)}); move the directory away to start afresh.') from None
       logging.warning('Checkpoint at step %d in %s cannot be read (%s); falling back to '
-                      'step %d.', step, manager.directory, _brief(error), steps[position + 1])
+                      'step %d.', step, manager.directory, brief_error(error), steps[position + 1])
       continue
     if unreadable:
       moved = _set_aside(manager, unreadable)
@@ -203,7 +203,7 @@ def restore_best(manager: ocp.CheckpointManager, abstract_state) -> tuple[Any, d
     raise
   except Exception as error:  # pylint: disable=broad-except
     logging.warning('The best checkpoint, step %d in %s, cannot be read (%s); only the final '
-                    'state is evaluated.', step, manager.directory, _brief(error))
+                    'state is evaluated.', step, manager.directory, brief_error(error))
     return None
 
 

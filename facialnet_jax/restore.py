@@ -143,8 +143,9 @@ def _restore_step(manager: ocp.CheckpointManager, step: int, config: ml_collecti
   try:
     meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
   except Exception as error:  # pylint: disable=broad-except
-    raise UserError(f'The checkpoint {where} cannot be read ({type(error).__name__}: {error}); '
-                    'it may be incomplete or damaged: choose another with --checkpoint.') from None
+    raise UserError(f'The checkpoint {where} cannot be read '
+                    f'({checkpointing.brief_error(error)}); it may be incomplete or damaged: '
+                    'choose another with --checkpoint.') from None
   _check_model_config(config, meta, where)
   abstract = abstract_train_state(config, meta, mesh)
   try:
@@ -152,9 +153,8 @@ def _restore_step(manager: ocp.CheckpointManager, step: int, config: ml_collecti
   except UserError:
     raise
   except Exception as error:  # pylint: disable=broad-except
-    first_line = str(error).splitlines()[0] if str(error) else ''
     raise UserError(f'The checkpoint {where} cannot be restored with the config.json beside it '
-                    f'({type(error).__name__}: {first_line}); the workdir may mix two runs, or '
+                    f'({checkpointing.brief_error(error)}); the workdir may mix two runs, or '
                     'the checkpoint is damaged.') from None
 
 
