@@ -169,14 +169,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   sharding.check_divisible(config.batch_size, mesh, 'config.batch_size')
   sharding.check_divisible(config.eval_batch_size, mesh, 'config.eval_batch_size')
 
-  pipeline = streaming if config.data.pipeline == 'streaming' else device_data
-  splits = (streaming if pipeline is streaming else input_pipeline).load_splits(config)
+  if config.data.pipeline == 'streaming':
+    splits, steps_per_epoch = streaming.load_splits(config), streaming.steps_per_epoch
+  else:
+    splits, steps_per_epoch = input_pipeline.load_splits(config), device_data.steps_per_epoch
   for name, split in splits.items():
     if len(split) == 0:
       raise UserError(f'The {name} split is empty; check config.data (splits, '
                       'validation_fraction) and the data set.')
   logging.info('Data: %s', ', '.join(f'{n} {len(s)} examples' for n, s in splits.items()))
-  epoch_steps = pipeline.steps_per_epoch(len(splits['train']), config.batch_size)
+  epoch_steps = steps_per_epoch(len(splits['train']), config.batch_size)
   total_steps = epoch_steps * config.num_epochs
   channels = splits['train'].image_shape[-1]
   image_shape = (config.model.input_size, config.model.input_size, channels)
