@@ -4,15 +4,16 @@
 Build the data once first (about 30 s for the 15,404 faces of ../shared/data/utkface), from
 UTKFace.tar.gz, its extracted UTKFace/ folder or a folder of the .jpg.chip.jpg faces, then train:
 
-  tfds build tfds_utkface/gray75/skip_bad_records=True \
-      --imports tfds_utkface.tfds_utkface_dataset_builder --manual_dir ../shared/data/utkface
+  tfds build tfds_utkface --config gray75 --manual_dir ../shared/data/utkface
   python launch.py --config configs/utkface.py --workdir runs/utkface
 
-skip_bad_records=True skips the files whose names are malformed (the original release has three)
-and counts them in the data set's metadata; without it (`tfds build tfds_utkface --config gray75
---manual_dir DIR`) the build stops at the first one and names it. `--imports` needs the project
-installed (`pip install -e .`). With a data dir other than TFDS's default, pass it to both
-commands: `--data_dir DIR` and `--config.data.data_dir=DIR`.
+The build skips the files whose names are malformed (the original release has three), lists them
+in the data set's metadata and says so in one line at its end; `tfds build
+tfds_utkface/gray75/skip_bad_records=False --imports tfds_utkface.tfds_utkface_dataset_builder
+--manual_dir DIR` stops at the first one instead (`--imports` needs the project installed:
+`pip install -e .`). Run from the repository root, where tfds finds tfds_utkface/. With a data
+dir other than TFDS's default, pass it to both commands: `--data_dir DIR` and
+`--config.data.data_dir=DIR`.
 """
 
 from facialnet_jax.base_config import get_base_config

@@ -185,6 +185,12 @@ def ensure_demo_dataset(data_dir: str | pathlib.Path | None = None, config: str 
             'rows_per_fold': summary.rows_per_fold}))
         pathlib.Path(tmp).rename(raw_dir)
     builder = tfds_adience_dataset_builder.Builder(**builder_kwargs)
+    if (builder.is_prepared() and file_format is None
+        and builder.info.file_format.value != tfds_common.DEFAULT_FILE_FORMAT):
+      # A demo built by an earlier version as TFRecord, which needs TensorFlow to read: the
+      # demo is generated, so build it again in the current format.
+      shutil.rmtree(builder.data_dir)
+      builder = tfds_adience_dataset_builder.Builder(**builder_kwargs)
     if not builder.is_prepared():
       builder.download_and_prepare(
           download_config=tfds.download.DownloadConfig(manual_dir=raw_dir))

@@ -391,7 +391,8 @@ def test_builders_stop_on_bad_raw_files_in_one_line_and_keep_them(
   raw_files = _saved_files(manual)
   data_dir = tmp_path / 'tfds'
   with pytest.raises(error) as raised:
-    BUILDERS[builder](config='gray75', data_dir=data_dir).download_and_prepare(
+    BUILDERS[builder](config='gray75', data_dir=data_dir, skip_bad_records=False
+                      ).download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual)))
   message = str(raised.value)
   assert '\n' not in message, message

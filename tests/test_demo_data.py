@@ -110,7 +110,7 @@ def test_ensure_demo_dataset_builds_once(tmp_path):
   again = demo_data.ensure_demo_dataset(tmp_path, **kwargs)
   assert time.perf_counter() - start < 2
   assert again.data_dir == builder.data_dir
-  example = next(iter(again.as_dataset(split='fold0')))
+  example = again.as_data_source(split='fold0')[0]
   assert tuple(example['image'].shape) == (75, 75, 1)
 
 

@@ -1,10 +1,13 @@
-"""Builds of tfds_utkface: the real ../shared/data/utkface faces (built once per session), a tar.gz
-made here, stable hash splits when the file set changes, bad file names, and the command line."""
+"""Builds of tfds_utkface: the real ../shared/data/utkface faces (built once per session, as the
+README's command builds them: malformed names skipped and counted), a tar.gz made here, stable hash
+splits when the file set changes, bad file names, and the command line (one line at the end of a
+build that skipped files, one line and no traceback for a build that stops)."""
 
 import collections
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -37,11 +40,10 @@ def build(manual_dir, data_dir, config='gray75', **builder_kwargs):
 
 
 def read_split(builder, split, decode_images=True):
-  """The examples of `split` as a list of dicts of numpy values (one batched read: fast)."""
+  """The examples of `split` as a list of dicts of numpy values (random access, no TensorFlow)."""
   decoders = None if decode_images else {'image': tfds.decode.SkipDecoding()}
-  batch = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, decoders=decoders))
-  return [{key: values[index] for key, values in batch.items()}
-          for index in range(len(batch['file_name']))]
+  source = builder.as_data_source(split=split, decoders=decoders)
+  return source.__getitems__(range(len(source)))
 
 
 def examples_by_name(builder, decode_images=True):
@@ -84,17 +86,32 @@ def folder_build(faces_dir, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def real_build(tmp_path_factory):
-  return build(UTKFACE, tmp_path_factory.mktemp('utkface'), skip_bad_records=True)
+  # The default build, as `tfds build tfds_utkface --config gray75 --manual_dir DIR` makes it.
+  return build(UTKFACE, tmp_path_factory.mktemp('utkface'))
 
 
 @needs_utkface
-def test_real_malformed_name_stops_the_build_naming_the_file(tmp_path):
+def test_real_malformed_name_stops_a_strict_build_naming_the_file(tmp_path):
   with pytest.raises(tfds_common.BadRecordError) as error:
-    build(UTKFACE, tmp_path)
+    build(UTKFACE, tmp_path, skip_bad_records=False)
   message = str(error.value)
   assert '\n' not in message
   assert message.startswith(f'{MALFORMED_NAMES[0]}: malformed file name (3 ')
   assert 'race missing' in message and 'skip_bad_records=True' in message
+  assert not utkface.Builder(config='gray75', data_dir=tmp_path).is_prepared()
+
+
+@needs_utkface
+def test_real_build_skips_the_three_malformed_names_and_says_so(real_build):
+  metadata = real_build.info.metadata
+  assert metadata['skip_bad_records'] is None
+  assert metadata['bad_records_skipped'] == ['malformed_line']
+  assert [row['where'] for row in metadata['dropped_rows']
+          if row['reason'] == 'malformed_line'] == list(MALFORMED_NAMES)
+  assert real_build.build_summary() == (
+      f'tfds_utkface/gray75: 15,247 examples; skipped 3 files with malformed names '
+      f'({", ".join(MALFORMED_NAMES)}) and dropped 154 exact duplicate images; all are counted '
+      f'and listed in {real_build.data_path / "metadata.json"} (dropped_rows)')
 
 
 @pytest.mark.slow
@@ -233,23 +250,84 @@ def test_extracted_folder_inside_the_manual_dir_and_rgb(faces_dir, tmp_path):
   assert image.shape == (96, 96, 3) and image.dtype == np.uint8
 
 
-def test_malformed_names_stop_or_are_skipped_and_counted(faces_dir, tmp_path):
-  manual = tmp_path / 'manual'
+BAD_NAMES = ('7_1_20170109142408075.jpg.chip.jpg', '30_m_0_20170109142408075.jpg.chip.jpg')
+
+
+def _with_bad_names(faces_dir, manual):
+  """A copy of the faces plus two malformed names (copies of the first face's image, which
+  therefore are not duplicates: they are dropped before the images are compared)."""
   shutil.copytree(faces_dir, manual)
-  bad_names = ('7_1_20170109142408075.jpg.chip.jpg', '30_m_0_20170109142408075.jpg.chip.jpg')
-  for bad_name in bad_names:
+  for bad_name in BAD_NAMES:
     shutil.copy(manual / synthetic_names(1)[0], manual / bad_name)
-  (manual / synthetic_names(2)[1]).write_bytes(b'not a JPEG')
-  with pytest.raises(tfds_common.BadRecordError, match=f'^{bad_names[1]}: malformed file name '
+  return manual
+
+
+def test_malformed_names_are_skipped_counted_and_reported_by_default(faces_dir, tmp_path, capsys):
+  builder = build(_with_bad_names(faces_dir, tmp_path / 'manual'), tmp_path / 'tfds')
+  metadata = builder.info.metadata
+  assert metadata['skip_bad_records'] is None
+  assert metadata['bad_records_skipped'] == ['malformed_line']
+  assert metadata['dropped_rows_by_reason'] == {
+      'malformed_line': 2, 'missing_image': 0, 'unreadable_image': 0, 'duplicate_row': 0,
+      'duplicate_image': 0}
+  assert [(row['reason'], row['where']) for row in metadata['dropped_rows']] == [
+      ('malformed_line', name) for name in sorted(BAD_NAMES)]
+  assert metadata['dropped_rows'][0]['detail'].startswith(
+      "malformed file name (gender 'm' is not 0 (male) or 1 (female))")
+  assert builder.info.splits.total_num_examples == 30
+  # One line at the end of the build, after tfds's own 'Dataset … prepared' line.
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert lines[-2].startswith('Dataset tfds_utkface downloaded and prepared')
+  assert lines[-1] == builder.build_summary() == (
+      f'tfds_utkface/gray75: 30 examples; skipped 2 files with malformed names '
+      f'({", ".join(sorted(BAD_NAMES))}); all are counted and listed in '
+      f'{builder.data_path / "metadata.json"} (dropped_rows)')
+  # Nothing dropped, nothing said.
+  capsys.readouterr()
+  assert build(faces_dir, tmp_path / 'clean').build_summary() is None
+  assert 'examples;' not in capsys.readouterr().out
+
+
+def test_skip_bad_records_false_stops_at_malformed_names(faces_dir, tmp_path):
+  manual = _with_bad_names(faces_dir, tmp_path / 'manual')
+  with pytest.raises(tfds_common.BadRecordError, match=f'^{BAD_NAMES[1]}: malformed file name '
                      r"\(gender 'm' is not 0 \(male\) or 1 \(female\)\); rename it"):
-    build(manual, tmp_path / 'strict')
+    build(manual, tmp_path / 'strict', skip_bad_records=False)
+  assert not utkface.Builder(config='gray75', data_dir=tmp_path / 'strict').is_prepared()
+
+
+def test_unreadable_image_stops_by_default_and_skip_bad_records_true_skips_it(
+    faces_dir, tmp_path):
+  manual = _with_bad_names(faces_dir, tmp_path / 'manual')
+  unreadable = synthetic_names(2)[1]
+  (manual / unreadable).write_bytes(b'not a JPEG')
+  # A damaged image is not part of the release: it stops the default build, naming the file.
+  with pytest.raises(tfds_common.BadRecordError, match=f'^{unreadable}: image {unreadable} is '
+                     r'unreadable .*skip_bad_records=True'):
+    build(manual, tmp_path / 'default')
   builder = build(manual, tmp_path / 'skip', skip_bad_records=True)
   metadata = builder.info.metadata
+  assert metadata['skip_bad_records'] is True
+  assert metadata['bad_records_skipped'] == ['malformed_line', 'missing_image',
+                                             'unreadable_image']
   assert metadata['dropped_rows_by_reason'] == {
       'malformed_line': 2, 'missing_image': 0, 'unreadable_image': 1, 'duplicate_row': 0,
       'duplicate_image': 0}
-  assert {row['where'] for row in metadata['dropped_rows']} == {*bad_names, synthetic_names(2)[1]}
+  assert {row['where'] for row in metadata['dropped_rows']} == {*BAD_NAMES, unreadable}
   assert builder.info.splits.total_num_examples == 29
+  assert builder.build_summary().startswith(
+      f'tfds_utkface/gray75: 29 examples; skipped 2 files with malformed names '
+      f'({", ".join(sorted(BAD_NAMES))}), 1 unreadable image ({unreadable}); all are counted')
+
+
+def test_summary_names_three_files_and_counts_the_rest():
+  log = tfds_common.DropLog(True, 'hint')
+  for index in range(5):
+    log.bad_record(tfds_common.MALFORMED_LINE, f'f{index}', 'bad', 'fix')
+  log.duplicate(tfds_common.DUPLICATE_IMAGE, 'g', 'same')
+  assert log.summary(utkface.Builder.DROP_NOUNS) == (
+      'skipped 5 files with malformed names (f0, f1, f2 and 2 more) and dropped 1 exact '
+      'duplicate image')
 
 
 def test_duplicates_are_dropped_and_conflicting_labels_masked(faces_dir, tmp_path):
@@ -270,6 +348,7 @@ def test_duplicates_are_dropped_and_conflicting_labels_masked(faces_dir, tmp_pat
 
 
 def test_missing_or_empty_manual_dir_gives_clear_errors(tmp_path):
+  # MissingSourceError is a FileNotFoundError and a UserError (one line under `tfds build`).
   with pytest.raises(FileNotFoundError, match='--manual_dir'):
     build(tmp_path / 'does_not_exist', tmp_path / 'a')
   (tmp_path / 'no_faces').mkdir()
@@ -282,23 +361,65 @@ def test_missing_or_empty_manual_dir_gives_clear_errors(tmp_path):
 # The command line, from the repository root.
 
 
-@pytest.mark.slow
-def test_tfds_build_command_line_skips_bad_names(faces_dir, tmp_path):
-  manual = tmp_path / 'manual'
-  shutil.copytree(faces_dir, manual)
-  shutil.copy(manual / synthetic_names(1)[0], manual / MALFORMED_NAMES[0])
+def _tfds_build(*args, cwd=REPO):
   tfds_command = pathlib.Path(sys.executable).parent / 'tfds'
-  result = subprocess.run(
-      [os.fspath(tfds_command), 'build', 'tfds_utkface/gray75/skip_bad_records=True',
-       '--imports', 'tfds_utkface.tfds_utkface_dataset_builder', '--manual_dir',
-       os.fspath(manual), '--data_dir', os.fspath(tmp_path / 'tfds')],
+  return subprocess.run(
+      [os.fspath(tfds_command), 'build', *args],
       # The repository root on the path, as for `python launch.py`, whether or not the package
       # was installed (editable installs made before tfds_utkface existed do not list it).
       env={**os.environ, 'PYTHONPATH': os.pathsep.join(
           filter(None, [os.fspath(REPO), os.environ.get('PYTHONPATH')]))},
-      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+      cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.mark.slow
+def test_readme_command_skips_malformed_names_and_says_so_in_one_line(faces_dir, tmp_path):
+  manual = tmp_path / 'manual'
+  shutil.copytree(faces_dir, manual)
+  shutil.copy(manual / synthetic_names(1)[0], manual / MALFORMED_NAMES[0])
+  # The README's command, from the repository root (tfds finds tfds_utkface/ there).
+  result = _tfds_build('tfds_utkface', '--config', 'gray75', '--manual_dir', os.fspath(manual),
+                       '--data_dir', os.fspath(tmp_path / 'tfds'))
   assert result.returncode == 0, result.stderr[-2000:]
-  metadata = json.loads(
-      (tmp_path / 'tfds' / 'tfds_utkface' / 'gray75' / '1.0.0' / 'metadata.json').read_text())
+  data_path = tmp_path / 'tfds' / 'tfds_utkface' / 'gray75' / '1.0.0'
+  summary = (f'tfds_utkface/gray75: 30 examples; skipped 1 file with a malformed name '
+             f'({MALFORMED_NAMES[0]}); all are counted and listed in {data_path / "metadata.json"} '
+             '(dropped_rows)')
+  lines = result.stdout.splitlines()
+  assert summary in lines, result.stdout[-3000:]
+  assert lines[lines.index(summary) - 1].startswith('Dataset tfds_utkface downloaded and prepared')
+  metadata = json.loads((data_path / 'metadata.json').read_text())
   assert metadata['dropped_rows_by_reason']['malformed_line'] == 1
+  assert metadata['dropped_rows'][0]['where'] == MALFORMED_NAMES[0]
   assert metadata['examples'] == 30
+
+
+@pytest.mark.slow
+def test_tfds_build_that_stops_says_why_in_one_line(faces_dir, tmp_path):
+  manual = tmp_path / 'manual'
+  shutil.copytree(faces_dir, manual)
+  shutil.copy(manual / synthetic_names(1)[0], manual / MALFORMED_NAMES[0])
+  # Strict, through --imports and from another folder: the malformed name stops the build.
+  strict = _tfds_build('tfds_utkface/gray75/skip_bad_records=False', '--imports',
+                       'tfds_utkface.tfds_utkface_dataset_builder', '--manual_dir',
+                       os.fspath(manual), '--data_dir', os.fspath(tmp_path / 'strict'),
+                       cwd=tmp_path)
+  assert strict.returncode == 1
+  assert 'Traceback' not in strict.stderr, strict.stderr[-3000:]
+  assert strict.stderr.strip().splitlines()[-1].startswith(
+      f'error: {MALFORMED_NAMES[0]}: malformed file name (3 ')
+  # A truncated archive: one line, whatever the options.
+  damaged = tmp_path / 'damaged'
+  damaged.mkdir()
+  with tarfile.open(damaged / 'full.tar.gz', 'w:gz') as archive:
+    archive.add(faces_dir, arcname='UTKFace')
+  data = (damaged / 'full.tar.gz').read_bytes()
+  (damaged / 'UTKFace.tar.gz').write_bytes(data[:len(data) // 2])
+  (damaged / 'full.tar.gz').unlink()
+  truncated = _tfds_build('tfds_utkface', '--config', 'gray75', '--manual_dir',
+                          os.fspath(damaged), '--data_dir', os.fspath(tmp_path / 'damaged_tfds'))
+  assert truncated.returncode == 1
+  assert 'Traceback' not in truncated.stderr, truncated.stderr[-3000:]
+  assert re.match(rf'error: {re.escape(os.fspath(damaged))}/UTKFace.tar.gz cannot be read to the '
+                  r'end \(.*\): it is truncated or damaged.*download it again.$',
+                  truncated.stderr.strip().splitlines()[-1])

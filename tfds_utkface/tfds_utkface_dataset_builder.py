@@ -34,7 +34,8 @@ SPLIT_RULE = ('bucket = int.from_bytes(sha256(file_name.encode("utf-8")).digest(
               '% 100; train: bucket < 80, validation: 80 <= bucket < 90, test: bucket >= 90')
 
 MALFORMED_FIX = (f'rename it to {FILE_NAME_FORMAT} if you know its labels, or remove it '
-                 '(the original UTKFace release has three such files)')
+                 '(the original UTKFace release has three such files: without '
+                 'skip_bad_records=False they are skipped)')
 UNREADABLE_FIX = 'replace the file with a good copy from UTKFace.tar.gz'
 
 
@@ -92,7 +93,7 @@ def find_image_source(manual_dir: pathlib.Path) -> tfds_common.ImageSource:
   archive = tfds_common.find_archive(manual_dir, ARCHIVE_STEM)
   if archive is not None:
     return tfds_common.ArchiveSource(archive, path_depth=1)
-  raise FileNotFoundError(
+  raise tfds_common.MissingSourceError(
       f'No UTKFace faces in {manual_dir}: expected {ARCHIVE_STEM}.tar.gz, its extracted '
       f'{IMAGE_FOLDER}/ folder, or the {FILE_NAME_FORMAT} files themselves. Put the archive '
       'there (it is read without extracting).')
@@ -123,6 +124,18 @@ class Builder(tfds_common.FaceDatasetBuilder):
   BUILDER_CONFIGS = tfds_common.standard_image_configs()
   DEFAULT_BUILDER_CONFIG_NAME = 'gray75'
   MANUAL_DIR_CONTENTS = 'the folder with UTKFace.tar.gz (or its extracted UTKFace/ folder)'
+  # The original release has three file names without the race field: skipped and counted
+  # unless skip_bad_records=False, so that the documented command builds the files users get.
+  # An unreadable image still stops the build (a damaged download): skip_bad_records=True.
+  SKIPPED_BY_DEFAULT = (tfds_common.MALFORMED_LINE,)
+  DROP_NOUNS = {
+      **tfds_common.FaceDatasetBuilder.DROP_NOUNS,
+      tfds_common.MALFORMED_LINE: ('file with a malformed name', 'files with malformed names'),
+      tfds_common.MISSING_IMAGE: ('file that vanished during the build',
+                                  'files that vanished during the build'),
+      tfds_common.UNREADABLE_IMAGE: ('unreadable image', 'unreadable images'),
+      tfds_common.DUPLICATE_ROW: ('repeated file name', 'repeated file names'),
+  }
   MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 UTKFace is for non-commercial research only and is shared through a Google Drive link that TFDS
 cannot follow, so download it yourself.
@@ -134,9 +147,12 @@ cannot follow, so download it yourself.
 3. From the repository root: tfds build tfds_utkface --config gray75 --manual_dir DIR
    (Python: tfds.builder('tfds_utkface/gray75').download_and_prepare(
    download_config=tfds.download.DownloadConfig(manual_dir=DIR))).
-The original release has three files whose names lack the race field: the build stops at the
-first; add /skip_bad_records=True to the name (tfds build tfds_utkface/gray75/skip_bad_records=True
---imports tfds_utkface.tfds_utkface_dataset_builder --manual_dir DIR) to skip and count them.
+The original release has three files whose names lack the race field: the build skips them,
+counts and lists them in the data set's metadata and says so in one line at its end. To stop at
+such a file instead, add /skip_bad_records=False to the name (tfds build
+tfds_utkface/gray75/skip_bad_records=False --imports tfds_utkface.tfds_utkface_dataset_builder
+--manual_dir DIR); /skip_bad_records=True also skips unreadable images, which otherwise stop the
+build.
 """
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -168,8 +184,9 @@ first; add /skip_bad_records=True to the name (tfds build tfds_utkface/gray75/sk
     names = [path for path in paths if _is_face_file(path)]
     copies = collections.Counter(names)
     if not copies:
-      raise FileNotFoundError(f'No {IMAGE_SUFFIX} files in {source.describe()}: expected '
-                              f'UTKFace faces named {FILE_NAME_FORMAT}.')
+      raise tfds_common.MissingSourceError(
+          f'No {IMAGE_SUFFIX} files in {source.describe()}: expected UTKFace faces named '
+          f'{FILE_NAME_FORMAT}.')
     faces = []
     for name in sorted(copies):
       for _ in range(copies[name] - 1):
