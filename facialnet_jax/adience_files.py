@@ -15,10 +15,9 @@ from typing import Sequence
 
 from facialnet_jax import age_groups
 from facialnet_jax import tfds_common
+from facialnet_jax.folds import NUM_FOLDS, SPLIT_NAMES, train_and_test_splits  # noqa: F401
 
-NUM_FOLDS = 5
 FOLD_FILE_NAMES = tuple(f'fold_{fold}_data.txt' for fold in range(NUM_FOLDS))
-SPLIT_NAMES = tuple(f'fold{fold}' for fold in range(NUM_FOLDS))
 FOLD_COLUMNS = ('user_id', 'original_image', 'face_id', 'age', 'gender', 'x', 'y', 'dx', 'dy',
                 'tilt_ang', 'fiducial_yaw_angle', 'fiducial_score')
 FOLD_HEADER = '\t'.join(FOLD_COLUMNS)
@@ -112,17 +111,6 @@ def _line_problem(fields: Sequence[str]) -> str | None:
       and gender.lower() not in UNKNOWN_GENDER_LABELS):
     return f"gender {gender!r} is not m, f or u (u or empty: unknown)"
   return None
-
-
-def train_and_test_splits(test_fold: int) -> tuple[str, str]:
-  """The official protocol: test on fold `test_fold`, train on the other four.
-
-  Returns TFDS split expressions, e.g. ('fold1+fold2+fold3+fold4', 'fold0') for test_fold=0.
-  """
-  if not 0 <= test_fold < NUM_FOLDS:
-    raise ValueError(f'test_fold must be in 0..{NUM_FOLDS - 1}, got {test_fold}.')
-  train = '+'.join(name for fold, name in enumerate(SPLIT_NAMES) if fold != test_fold)
-  return train, SPLIT_NAMES[test_fold]
 
 
 def find_label_dir(manual_dir: pathlib.Path) -> pathlib.Path:

@@ -29,7 +29,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.test_split = 'test'
   config.data.validation_fraction = 0.1
   config.data.pipeline = 'device'  # 'device' (whole split in device memory) or 'streaming'
-  config.data.shuffle_buffer = 20_000  # streaming pipeline only
+  # Unused: the streaming pipeline now reads by random access and shuffles each whole epoch.
+  # Kept so that the configs (and the resume checks) of runs made before still load.
+  config.data.shuffle_buffer = 20_000
   config.data.synthetic_train_examples = 1200
   config.data.synthetic_test_examples = 300
   config.data.synthetic_image_size = 75
@@ -82,9 +84,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   # diverged, and skipping forever would only burn the time budget.
   config.max_skipped_steps = 100
   config.profile_steps = 0  # > 0: write a profiler trace of this many steps
+  # Compiled steps are kept here and reused by later runs, evaluate and predict. 'auto':
+  # $FACIALNET_COMPILATION_CACHE, else ~/.cache/facialnet_jax/xla; '' = off.
+  config.compilation_cache_dir = 'auto'
 
   config.checkpoint = ml_collections.ConfigDict()
-  config.checkpoint.every_steps = 0  # 0 = at the end of every epoch
+  config.checkpoint.every_steps = 0  # 0 = at the end of every `every_epochs` epochs
+  config.checkpoint.every_epochs = 0  # 0 = auto: 1 on CPU, 10 on accelerators (train.py)
   config.checkpoint.keep = 3
   config.checkpoint.best_metric = 'age_accuracy'  # a validation metric, higher is better
   return config

@@ -101,7 +101,7 @@ def measure(batch_size: int, mesh: jax.sharding.Mesh, split: input_pipeline.Host
   train_step = steps.make_train_step(model, tx, config)
   if FLAGS.pipeline == 'streaming':
     feed = streaming.StreamingTrainFeed(train_step, streaming.from_host(split), batch_size, 0,
-                                        mesh, 20_000, 0)
+                                        mesh, 0)
     steps_per_call = 1
   else:
     steps_per_call = device_data.dispatch_steps(FLAGS.steps_per_dispatch)

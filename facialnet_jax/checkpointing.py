@@ -57,10 +57,15 @@ class RunCheckpoints:
       self.latest.save(step, args=self._args(state, meta))
 
   def save_if_best(self, step: int, state, meta: dict, validation_metrics: dict) -> None:
-    """Offers the state to `checkpoints_best/`, which keeps it only while it is the best."""
-    if step not in self.best.all_steps():
-      self.best.save(step, args=self._args(state, meta),
-                     metrics={self.best_metric: float(validation_metrics[self.best_metric])})
+    """Saves the state to `checkpoints_best/` when its validation metric beats the best so far
+    (orbax would also write a worse one, only to delete it)."""
+    value = float(validation_metrics[self.best_metric])
+    best_step = self.best.best_step()
+    if best_step is not None:
+      best_value = (self.best.metrics(best_step) or {}).get(self.best_metric, float('-inf'))
+      if best_step == step or value <= best_value:
+        return
+    self.best.save(step, args=self._args(state, meta), metrics={self.best_metric: value})
 
   def wait(self) -> None:
     self.latest.wait_until_finished()

@@ -1,15 +1,15 @@
 """Checks of config values that types alone cannot catch, each failing with a one-line fix."""
 
-from facialnet_jax import adience_files
+from facialnet_jax import folds
 from facialnet_jax import optim
 from facialnet_jax.errors import UserError
 
 _POSITIVE_INTS = ('batch_size', 'eval_batch_size', 'num_epochs',
                   'log_every_steps', 'eval_every_epochs', 'checkpoint.keep', 'model.input_size')
 _NON_NEGATIVE = ('optimizer.learning_rate', 'optimizer.weight_decay', 'optimizer.grad_clip_norm',
-                 'checkpoint.every_steps', 'steps_per_dispatch', 'loss.gender_weight',
-                 'loss.age_weight', 'schedule.warmup_epochs', 'profile_steps',
-                 'max_skipped_steps')
+                 'checkpoint.every_steps', 'checkpoint.every_epochs', 'steps_per_dispatch',
+                 'loss.gender_weight', 'loss.age_weight', 'schedule.warmup_epochs',
+                 'profile_steps', 'max_skipped_steps')
 _CHOICES = {
     'data.pipeline': ('device', 'streaming'),
     'data.source': ('tfds', 'synthetic'),
@@ -42,9 +42,9 @@ def check_config(config) -> None:
   if not 0 < config.data.validation_fraction < 1 and not config.data.validation_split:
     raise UserError(f'config.data.validation_fraction={config.data.validation_fraction} must be '
                     'between 0 and 1 (exclusive) when the validation split is carved from train.')
-  if not -1 <= config.data.test_fold < adience_files.NUM_FOLDS:
+  if not -1 <= config.data.test_fold < folds.NUM_FOLDS:
     raise UserError(f'config.data.test_fold={config.data.test_fold} does not exist; use '
-                    f'0..{adience_files.NUM_FOLDS - 1} (or -1 for named train/test splits).')
+                    f'0..{folds.NUM_FOLDS - 1} (or -1 for named train/test splits).')
   if config.loss.gender_weight == 0 and config.loss.age_weight == 0:
     raise UserError('config.loss.gender_weight and config.loss.age_weight are both 0: '
                     'nothing would be learned.')

@@ -29,9 +29,9 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from facialnet_jax import adience_files
 from facialnet_jax import cli
 from facialnet_jax import evaluate
+from facialnet_jax import folds
 from facialnet_jax import report
 from facialnet_jax import restore
 from facialnet_jax.errors import UserError
@@ -43,7 +43,7 @@ CURVES_FILE = 'training_curves.png'
 RESULTS_FILE = 'results.json'
 # Seconds spent on a fold (training and its test evaluation), summed over invocations.
 WALL_TIME_FILE = 'cross_validation_seconds.json'
-ALL_FOLDS = tuple(range(adience_files.NUM_FOLDS))
+ALL_FOLDS = tuple(range(folds.NUM_FOLDS))
 
 
 def fold_dir(workdir: str, fold: int) -> str:

@@ -5,6 +5,7 @@ is carved from the training folds by subject, so no person is in two splits and 
 never used to choose anything.
 """
 
+import concurrent.futures
 import dataclasses
 import importlib
 import os
@@ -12,8 +13,9 @@ import zlib
 
 import numpy as np
 
-from facialnet_jax import adience_files
 from facialnet_jax import demo_faces
+from facialnet_jax import folds
+from facialnet_jax import tensorflow_optional
 from facialnet_jax.errors import UserError
 
 # Data set name → module whose import registers its TFDS builder.
@@ -21,6 +23,8 @@ TFDS_BUILDER_MODULES = {
     'tfds_adience': 'tfds_adience.tfds_adience_dataset_builder',
     'tfds_utkface': 'tfds_utkface.tfds_utkface_dataset_builder',
 }
+# Examples read per task when a split is read into memory.
+_READ_CHUNK = 1024
 # Subjects are assigned to validation by a hash bucket of their id out of this many.
 _VALIDATION_BUCKETS = 10_000
 
@@ -76,7 +80,7 @@ def carve_validation(train: HostSplit, fraction: float) -> tuple[HostSplit, Host
 def split_names(data_config) -> dict[str, str]:
   """TFDS split expressions for train (before validation is carved), validation and test."""
   if data_config.test_fold >= 0:
-    train, test = adience_files.train_and_test_splits(data_config.test_fold)
+    train, test = folds.train_and_test_splits(data_config.test_fold)
     return {'train': train, 'validation': '', 'test': test}
   return {'train': data_config.train_split, 'validation': data_config.validation_split,
           'test': data_config.test_split}
@@ -128,13 +132,49 @@ def tfds_builder(data_config):
 
 
 def load_tfds_split(builder, split: str) -> HostSplit:
-  """Reads a whole split into host memory (about 6 kB per 75×75 grayscale face)."""
+  """Reads a whole split into host memory (about 6 kB per 75×75 grayscale face).
+
+  ArrayRecord builds (the default) are read by random access, without TensorFlow; older
+  TFRecord builds need TensorFlow's tf.data.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  if builder.info.file_format != tfds.core.file_adapters.FileFormat.ARRAY_RECORD:
+    return _load_tfrecord_split(builder, split)
+  try:
+    source = builder.as_data_source(split=split)
+  except (ValueError, KeyError) as error:
+    raise _unreadable_split(builder, split, error) from None
+  # Decoding runs largely outside the GIL: threads read the split several times faster.
+  chunks = [range(start, min(start + _READ_CHUNK, len(source)))
+            for start in range(0, len(source), _READ_CHUNK)]
+  with concurrent.futures.ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
+    examples = [example for chunk in pool.map(source.__getitems__, chunks) for example in chunk]
+  image_shape = builder.info.features['image'].shape
+  return HostSplit(
+      np.stack([e['image'] for e in examples]) if examples else np.zeros((0, *image_shape),
+                                                                         np.uint8),
+      np.array([e['gender'] for e in examples], np.int32),
+      np.array([e['age_group'] for e in examples], np.int32),
+      np.array([e['user_id'].decode() for e in examples], dtype=str))
+
+
+def _unreadable_split(builder, split: str, error: Exception) -> UserError:
+  return UserError(f'Split {split!r} of {builder.name} cannot be read ({error}); its splits '
+                   f'are {sorted(builder.info.splits)}.')
+
+
+def _load_tfrecord_split(builder, split: str) -> HostSplit:
+  if not tensorflow_optional.installed():
+    raise UserError(
+        f'{builder.name} in {builder.data_dir} was built as TFRecord, which only TensorFlow '
+        'reads, and TensorFlow is not installed. Rebuild it as ArrayRecord (the default now): '
+        f'delete {builder.data_dir} and run the same `tfds build` command again (README.md, '
+        '"Data"); or pip install tensorflow-cpu.')
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   try:
     examples = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
   except (ValueError, KeyError) as error:
-    raise UserError(f'Split {split!r} of {builder.name} cannot be read ({error}); its splits '
-                    f'are {sorted(builder.info.splits)}.') from None
+    raise _unreadable_split(builder, split, error) from None
   return HostSplit(examples['image'], examples['gender'].astype(np.int32),
                    examples['age_group'].astype(np.int32),
                    np.array([s.decode() for s in examples['user_id']]))

@@ -1,66 +1,100 @@
-"""The streaming input path, for data that do not fit in device memory: tf.data reads, shuffles
-and batches on the host, and each step receives one batch (config.data.pipeline='streaming').
-
-Same contract as the device path: every example once per epoch (the last batch padded and
-masked), the order drawn from (seed, epoch), and a resumed run continues exactly where the
-interrupted one was. Each process reads only its shard of the training data.
-"""
+"""The streaming input path (config.data.pipeline='streaming'), for data that do not fit in device
+memory: the host reads each batch by random access, without TensorFlow, a few batches ahead."""
 
 import dataclasses
-from typing import Callable, Iterator
+import queue
+import threading
+import weakref
+from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
 
+from facialnet_jax import device_data
 from facialnet_jax import input_pipeline
 from facialnet_jax import metrics as metrics_lib
 from facialnet_jax import sharding
 from facialnet_jax.errors import UserError
 from facialnet_jax.metrics import UNKNOWN_LABEL
-from facialnet_jax.steps import BATCH_KEYS
+
+# Batches read ahead of the device: enough to hide a slow read, few enough to cost little memory.
+PREFETCH_BATCHES = 3
+# Subject ids are read in chunks of this many examples, so a large split never sits in memory.
+_ID_CHUNK = 8192
+
+# The same epochs as the device path: ceil(examples / batch size) steps, the last one padded.
 
 
-@dataclasses.dataclass
+class HostArraySource:
+  """Host arrays (image, gender, age_group) behind the interface of a TFDS data source: len()
+  and __getitems__(indices) → example dicts. Synthetic data and benchmarks stream from it."""
+
+  def __init__(self, arrays: dict[str, np.ndarray]):
+    self._arrays = arrays
+
+  def __len__(self) -> int:
+    return len(self._arrays['image'])
+
+  def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+    return [{key: values[i] for key, values in self._arrays.items()} for i in indices]
+
+
+@dataclasses.dataclass(frozen=True)
 class StreamSplit:
-  """A split as a tf.data.Dataset of examples (image, gender, age_group) and its size."""
-  dataset: 'tf.data.Dataset'  # noqa: F821
-  num_examples: int
+  """A split read on demand: rows `rows` of `source`, a random-access source (a TFDS data source
+  or a HostArraySource). A validation carve selects rows; an uncarved split has all of them."""
+  source: Any
+  rows: np.ndarray
   image_shape: tuple[int, int, int]
 
   def __len__(self) -> int:
-    return self.num_examples
+    return len(self.rows)
 
-
-def _tf():
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  return tf
+  def read(self, positions: np.ndarray) -> dict[str, np.ndarray]:
+    """The examples at `positions` of this split as one batch; a position of -1 gives a padding
+    row (zero image, unknown labels) that counts nowhere."""
+    valid = positions >= 0
+    batch = {'image': np.zeros((len(positions), *self.image_shape), np.uint8),
+             'gender': np.full(len(positions), UNKNOWN_LABEL, np.int32),
+             'age_group': np.full(len(positions), UNKNOWN_LABEL, np.int32)}
+    examples = self.source.__getitems__(self.rows[positions[valid]].tolist())
+    if examples:  # A process's rows of the last batch may all be padding.
+      batch['image'][valid] = np.stack([example['image'] for example in examples])
+      for key in ('gender', 'age_group'):
+        batch[key][valid] = [example[key] for example in examples]
+    return batch
 
 
 def from_host(split: input_pipeline.HostSplit) -> StreamSplit:
   """A host-memory split as a stream (synthetic data, benchmarks)."""
-  return StreamSplit(_tf().data.Dataset.from_tensor_slices(split.arrays()), len(split),
-                     split.image_shape)
+  return StreamSplit(HostArraySource(split.arrays()), np.arange(len(split)), split.image_shape)
 
 
-def _examples(builder, split: str, keep=None) -> 'tf.data.Dataset':  # noqa: F821
-  """A TFDS split as (image, gender, age_group) examples; `keep(user_id)` filters them."""
-  tf = _tf()
-  dataset = builder.as_dataset(split=split, shuffle_files=False)
-  if keep is not None:
-    dataset = dataset.filter(lambda example: keep(example['user_id']))
-  return dataset.map(lambda example: {
-      'image': example['image'], 'gender': tf.cast(example['gender'], tf.int32),
-      'age_group': tf.cast(example['age_group'], tf.int32)},
-      num_parallel_calls=tf.data.AUTOTUNE)
+def _data_source(builder, split: str, **options):
+  """TFDS's random-access source over `split`; a one-line error for builds that have none."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  if builder.info.file_format not in tfds.core.file_adapters.FileFormat.with_random_access():
+    raise UserError(
+        f'{builder.name} in {builder.data_dir} was built as {builder.info.file_format.value}, '
+        'which the streaming pipeline does not read (it reads ArrayRecord, without TensorFlow). '
+        f'Rebuild it as ArrayRecord (the default now): delete {builder.data_dir} and run the '
+        'same `tfds build` command again (README.md, "Data").')
+  try:
+    return builder.as_data_source(split=split, **options)
+  except ValueError as error:
+    raise UserError(f'Split {split!r} of {builder.name} cannot be read ({error}); its splits '
+                    f'are {sorted(builder.info.splits)}.') from None
 
 
 def _subject_ids(builder, split: str) -> np.ndarray:
-  """Every example's user_id, read without decoding a single image."""
+  """Every example's user_id, in split order, without decoding a single image."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  dataset = builder.as_dataset(split=split, shuffle_files=False,
-                               decoders={'image': tfds.decode.SkipDecoding()})
-  ids = [batch for batch in tfds.as_numpy(dataset.map(lambda e: e['user_id']).batch(8192))]
-  return np.concatenate(ids).astype(str) if ids else np.array([], str)
+  source = _data_source(builder, split, decoders={'image': tfds.decode.SkipDecoding()})
+  ids = []
+  for start in range(0, len(source), _ID_CHUNK):
+    chunk = source.__getitems__(list(range(start, min(start + _ID_CHUNK, len(source)))))
+    ids.extend(example['user_id'].decode() for example in chunk)
+  return np.array(ids, str)
 
 
 def load_splits(config) -> dict[str, StreamSplit]:
@@ -68,13 +102,13 @@ def load_splits(config) -> dict[str, StreamSplit]:
   data = config.data
   if data.source == 'synthetic':
     return {name: from_host(split) for name, split in input_pipeline.load_splits(config).items()}
-  tf = _tf()
   builder = input_pipeline.tfds_builder(data)
   names = input_pipeline.split_names(data)
   shape = tuple(builder.info.features['image'].shape)
 
   def whole(split):
-    return StreamSplit(_examples(builder, split), builder.info.splits[split].num_examples, shape)
+    source = _data_source(builder, split)
+    return StreamSplit(source, np.arange(len(source)), shape)
 
   splits = {'train': whole(names['train']), 'test': whole(names['test'])}
   if names['validation']:
@@ -83,59 +117,102 @@ def load_splits(config) -> dict[str, StreamSplit]:
   ids = _subject_ids(builder, names['train'])
   held_out = input_pipeline.is_validation_subject(ids, data.validation_fraction)
   input_pipeline.check_carve(held_out, ids, data.validation_fraction)
-  held_out_ids = np.unique(ids[held_out])
-  table = tf.lookup.StaticHashTable(
-      tf.lookup.KeyValueTensorInitializer(tf.constant(held_out_ids), tf.ones(len(held_out_ids),
-                                                                             tf.int32)), 0)
-  splits['train'] = StreamSplit(
-      _examples(builder, names['train'], lambda uid: table.lookup(uid) == 0),
-      int((~held_out).sum()), shape)
-  splits['validation'] = StreamSplit(
-      _examples(builder, names['train'], lambda uid: table.lookup(uid) == 1),
-      int(held_out.sum()), shape)
+  # A source of its own for validation: it is read while the training feed reads ahead.
+  splits['train'] = StreamSplit(splits['train'].source, np.flatnonzero(~held_out), shape)
+  splits['validation'] = StreamSplit(_data_source(builder, names['train']),
+                                     np.flatnonzero(held_out), shape)
   return splits
 
 
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-  """Global steps per epoch: every process runs as many steps as the one with the largest
-  shard needs (shards differ by at most one example); the others pad with masked batches."""
+def _process_rows(batch_size: int) -> slice:
+  """This process's rows of every global batch (its devices hold them)."""
   processes = jax.process_count()
-  largest_shard = -(-num_examples // processes)
-  return -(-largest_shard // (batch_size // processes))
+  if batch_size % processes:
+    raise UserError(f'The batch size {batch_size} does not split across the {processes} '
+                    'processes of this run; use a multiple of the process count.')
+  local = batch_size // processes
+  return slice(jax.process_index() * local, (jax.process_index() + 1) * local)
 
 
-def _pad(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-  """Fills a short batch up to `size` rows whose labels are unknown, so they count nowhere."""
-  missing = size - len(batch['image'])
-  if missing == 0:
-    return batch
-  padded = {}
-  for key in BATCH_KEYS:
-    fill = 0 if key == 'image' else UNKNOWN_LABEL
-    rows = np.full((missing, *batch[key].shape[1:]), fill, batch[key].dtype)
-    padded[key] = np.concatenate([batch[key], rows])
-  return padded
+def _on_devices(batch: dict[str, np.ndarray], batch_sharding) -> dict[str, jax.Array]:
+  """This process's rows, placed as its part of the global batch."""
+  return {key: jax.make_array_from_process_local_data(batch_sharding, value)
+          for key, value in batch.items()}
+
+
+_epoch_order = jax.jit(device_data.epoch_order, static_argnums=(0, 2, 3))
+
+
+def _train_batches(split: StreamSplit, batch_size: int, seed: int, step: int,
+                   batch_sharding) -> Iterator[dict[str, jax.Array]]:
+  """The training batches from global step `step` on, epoch after epoch: step s takes batch
+  s mod E of epoch s // E (E steps per epoch), read directly, nothing skipped."""
+  epoch_steps = device_data.steps_per_epoch(len(split), batch_size)
+  rows = _process_rows(batch_size)
+  epoch, position = divmod(step, epoch_steps)
+  while True:
+    order = np.asarray(_epoch_order(seed, np.int32(epoch), len(split), batch_size))
+    for positions in order.reshape(epoch_steps, batch_size)[position:, rows]:
+      yield _on_devices(split.read(positions), batch_sharding)
+    epoch, position = epoch + 1, 0
+
+
+class _Prefetcher:
+  """Runs an iterator of batches in a background thread, at most PREFETCH_BATCHES ahead of
+  next(); an error raised there is raised by next()."""
+
+  def __init__(self, batches: Iterator):
+    self._queue = queue.Queue(PREFETCH_BATCHES)
+    self._stopped = threading.Event()
+    self._thread = threading.Thread(target=self._fill, args=(batches,), daemon=True,
+                                    name='streaming-prefetch')
+    self._thread.start()
+
+  def _fill(self, batches: Iterator) -> None:
+    try:
+      for batch in batches:
+        if not self._put(batch):
+          return
+    except Exception as error:  # pylint: disable=broad-except
+      self._put(error)  # Batches are dicts, so an exception in the queue is unambiguous.
+
+  def _put(self, item) -> bool:
+    """Waits for room in the queue; False once stopped."""
+    while not self._stopped.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        pass
+    return False
+
+  def __next__(self):
+    item = self._queue.get()
+    if isinstance(item, Exception):
+      raise item
+    return item
+
+  def stop(self) -> None:
+    self._stopped.set()
+    if threading.current_thread() is not self._thread:
+      self._thread.join()
 
 
 class StreamingTrainFeed:
-  """Feeds the training split batch by batch from tf.data (one compiled step per call)."""
+  """Feeds the training split batch by batch, one compiled step per batch.
+
+  The device path's batches (device_data.epoch_order): every example once per epoch, the last
+  batch padded and masked, the order drawn from (seed, epoch), so a resumed run continues
+  exactly where the interrupted one was. Each process reads only its rows of each global batch.
+  A background thread reads, decodes and places the next batches while the current one trains.
+  """
 
   def __init__(self, train_step: Callable, split: StreamSplit, batch_size: int, seed: int,
-               mesh: jax.sharding.Mesh, shuffle_buffer: int, start_step: int):
-    processes = jax.process_count()
-    if batch_size % processes:
-      raise UserError(f'config.batch_size={batch_size} does not split across the {processes} '
-                      'processes of this run; use a multiple of the process count.')
-    self._split = split
-    self._local_batch = batch_size // processes
-    self._epoch_steps = steps_per_epoch(split.num_examples, batch_size)
-    self._seed = seed
-    self._shuffle_buffer = shuffle_buffer
-    self._batch_sharding = sharding.split_on_data_axis(mesh)
-    self._empty_batch = {key: np.zeros((0, *spec.shape[1:]) if key == 'image' else (0,),
-                                       spec.dtype.as_numpy_dtype)
-                         for key, spec in split.dataset.element_spec.items()}
-    self._batches = self._batches_from(start_step)
+               mesh: jax.sharding.Mesh, start_step: int):
+    self._batches = _Prefetcher(_train_batches(split, batch_size, seed, start_step,
+                                               sharding.split_on_data_axis(mesh)))
+    # The thread runs until the feed is dropped (it does not hold the feed).
+    weakref.finalize(self, self._batches.stop)
     self._empty_totals = jax.jit(metrics_lib.TrainMetrics.empty,
                                  out_shardings=sharding.replicated(mesh))
 
@@ -145,36 +222,17 @@ class StreamingTrainFeed:
 
     self._step = jax.jit(step_and_merge, donate_argnums=(0, 1))
 
-  def _batches_from(self, step: int) -> Iterator[dict[str, np.ndarray]]:
-    """This process's batches from global step `step` on, epoch after epoch."""
-    epoch, position = divmod(step, self._epoch_steps)
-    local = self._split.dataset.shard(jax.process_count(), jax.process_index())
-    while True:
-      # A fixed seed per epoch (not reshuffled per iteration) makes the order a function of
-      # (seed, epoch), so skipping `position` batches lands exactly where a crash left off.
-      order = local.shuffle(self._shuffle_buffer, seed=self._seed * 1_000_003 + epoch,
-                            reshuffle_each_iteration=False)
-      batches = order.batch(self._local_batch).skip(position).prefetch(2).as_numpy_iterator()
-      produced = position
-      for batch in batches:
-        yield _pad(batch, self._local_batch)
-        produced += 1
-      for _ in range(self._epoch_steps - produced):
-        yield _pad(self._empty_batch, self._local_batch)
-      epoch, position = epoch + 1, 0
-
   def run(self, state, num_steps: int):
+    """Runs `num_steps` steps; returns (state, TrainMetrics totals)."""
     totals = self._empty_totals()
     for _ in range(num_steps):
-      batch = {key: jax.make_array_from_process_local_data(self._batch_sharding, value)
-               for key, value in next(self._batches).items()}
-      state, totals = self._step(state, totals, batch)
+      state, totals = self._step(state, totals, next(self._batches))
     return state, totals
 
 
 class StreamingEvaluator:
   """Evaluates every example of a split in order, batch by batch; returns (EvalMetrics,
-  per-example class probabilities) like the device path's DeviceEvaluator."""
+  per-example class probabilities as host arrays) like the device path's DeviceEvaluator."""
 
   def __init__(self, eval_step: Callable, split: StreamSplit, batch_size: int,
                mesh: jax.sharding.Mesh):
@@ -191,17 +249,23 @@ class StreamingEvaluator:
     # Replicated outputs: every process holds every probability, in split order.
     self._step = jax.jit(step_and_merge, out_shardings=replicated)
 
+  def _batches(self) -> Iterator[dict[str, jax.Array]]:
+    num_batches = device_data.steps_per_epoch(len(self._split), self._batch_size)
+    positions = np.arange(num_batches * self._batch_size)
+    positions = np.where(positions < len(self._split), positions, -1)
+    for batch in positions.reshape(num_batches, -1)[:, _process_rows(self._batch_size)]:
+      yield _on_devices(self._split.read(batch), self._batch_sharding)
+
   def __call__(self, state):
     totals = self._empty_totals()
     probabilities = []
-    rows = slice(jax.process_index() * self._batch_size // jax.process_count(),
-                 (jax.process_index() + 1) * self._batch_size // jax.process_count())
-    for batch in self._split.dataset.batch(self._batch_size).prefetch(2).as_numpy_iterator():
-      size = len(batch['image'])
-      batch = {key: jax.make_array_from_process_local_data(self._batch_sharding, value[rows])
-               for key, value in _pad(batch, self._batch_size).items()}
-      totals, batch_probabilities = self._step(state, totals, batch)
-      probabilities.append({head: p[:size] for head, p in
-                            jax.device_get(batch_probabilities).items()})
-    return totals, {head: np.concatenate([p[head] for p in probabilities])
+    batches = _Prefetcher(self._batches())
+    try:
+      for _ in range(device_data.steps_per_epoch(len(self._split), self._batch_size)):
+        totals, batch_probabilities = self._step(state, totals, next(batches))
+        probabilities.append(batch_probabilities)
+    finally:
+      batches.stop()
+    probabilities = jax.device_get(probabilities)
+    return totals, {head: np.concatenate([p[head] for p in probabilities])[:len(self._split)]
                     for head in ('gender', 'age')}

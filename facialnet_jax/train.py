@@ -7,17 +7,19 @@ import time
 
 import jax
 from absl import logging
-from clu import metric_writers, periodic_actions
 
 from facialnet_jax import checkpointing
+from facialnet_jax import compilation_cache
 from facialnet_jax import config_checks
 from facialnet_jax import device_data
 from facialnet_jax import input_pipeline
 from facialnet_jax import models
 from facialnet_jax import optim
+from facialnet_jax import run_timing
 from facialnet_jax import sharding
 from facialnet_jax import steps
 from facialnet_jax import streaming
+from facialnet_jax import tensorflow_optional
 from facialnet_jax import train_state as train_state_lib
 from facialnet_jax.errors import UserError
 
@@ -148,7 +150,7 @@ def _feeds(config, splits, model, tx, mesh, start_step: int):
   eval_step = steps.make_eval_step(model, config)
   if config.data.pipeline == 'streaming':
     feed = streaming.StreamingTrainFeed(train_step, splits['train'], config.batch_size,
-                                        config.seed, mesh, config.data.shuffle_buffer, start_step)
+                                        config.seed, mesh, start_step)
     return feed, {name: streaming.StreamingEvaluator(eval_step, splits[name],
                                                      config.eval_batch_size, mesh)
                   for name in ('validation', 'test')}
@@ -160,110 +162,154 @@ def _feeds(config, splits, model, tx, mesh, start_step: int):
                 for name in ('validation', 'test')}
 
 
+def checkpoint_every_epochs(config) -> int:
+  """Epochs between saves to checkpoints/ (when config.checkpoint.every_steps is 0).
+
+  Auto (0): every epoch on CPU, where an epoch takes minutes; every 10 on accelerators, where
+  an epoch of Adience or UTKFace takes about a second and saving each one would cost more than
+  the training (a killed run then loses at most 10 epochs, seconds of work).
+  """
+  if config.checkpoint.every_epochs:
+    return config.checkpoint.every_epochs
+  return 1 if jax.default_backend() == 'cpu' else 10
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains per `config`, resuming from `workdir` when it holds checkpoints, and returns the
   final results (also written to workdir/results.json)."""
   config_checks.check_config(config)
-  workdir = _prepare_workdir(workdir)
-  mesh = sharding.create_mesh()
-  sharding.check_divisible(config.batch_size, mesh, 'config.batch_size')
-  sharding.check_divisible(config.eval_batch_size, mesh, 'config.eval_batch_size')
+  clock = compilation_cache.CompileClock()
+  timer = run_timing.RunTimer(clock)
+  try:
+    return _train_and_evaluate(config, workdir, clock, timer)
+  finally:
+    clock.close()
 
-  if config.data.pipeline == 'streaming':
-    splits, steps_per_epoch = streaming.load_splits(config), streaming.steps_per_epoch
-  else:
-    splits, steps_per_epoch = input_pipeline.load_splits(config), device_data.steps_per_epoch
-  for name, split in splits.items():
-    if len(split) == 0:
-      raise UserError(f'The {name} split is empty; check config.data (splits, '
-                      'validation_fraction) and the data set.')
-  logging.info('Data: %s', ', '.join(f'{n} {len(s)} examples' for n, s in splits.items()))
-  epoch_steps = steps_per_epoch(len(splits['train']), config.batch_size)
-  total_steps = epoch_steps * config.num_epochs
-  channels = splits['train'].image_shape[-1]
-  image_shape = (config.model.input_size, config.model.input_size, channels)
 
-  model = models.create_model(config.model)
-  tx = optim.create_optimizer(config, epoch_steps)
-  state = train_state_lib.create_train_state_on_mesh(model, tx, config.seed, image_shape, mesh)
-  logging.info('FacialNet: %d parameters; %d devices (%s); batch %d; %d steps per epoch.',
-               sum(x.size for x in jax.tree.leaves(state.params)), jax.device_count(),
-               jax.devices()[0].platform, config.batch_size, epoch_steps)
+def _train_and_evaluate(config, workdir: str, clock: compilation_cache.CompileClock,
+                        timer: run_timing.RunTimer) -> dict:
+  with timer.phase('setup'):
+    workdir = _prepare_workdir(workdir)
+    cache_dir = compilation_cache.enable(config.compilation_cache_dir)
+    mesh = sharding.create_mesh()
+    sharding.check_divisible(config.batch_size, mesh, 'config.batch_size')
+    sharding.check_divisible(config.eval_batch_size, mesh, 'config.eval_batch_size')
 
-  checkpoints = checkpointing.RunCheckpoints(workdir, config.checkpoint.keep,
-                                             config.checkpoint.best_metric)
-  state = _resume(checkpoints, state, epoch_steps, config)
-  step = int(jax.device_get(state.step))
-  save_config(config, workdir)
+    if config.data.pipeline == 'streaming':
+      splits = streaming.load_splits(config)
+    else:
+      splits = input_pipeline.load_splits(config)
+    for name, split in splits.items():
+      if len(split) == 0:
+        raise UserError(f'The {name} split is empty; check config.data (splits, '
+                        'validation_fraction) and the data set.')
+    logging.info('Data: %s', ', '.join(f'{n} {len(s)} examples' for n, s in splits.items()))
+    epoch_steps = device_data.steps_per_epoch(len(splits['train']), config.batch_size)
+    total_steps = epoch_steps * config.num_epochs
+    channels = splits['train'].image_shape[-1]
+    image_shape = (config.model.input_size, config.model.input_size, channels)
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  train_feed, evaluators = _feeds(config, splits, model, tx, mesh, step)
-  learning_rate_now = jax.jit(
-      lambda step, opt_state: optim.current_learning_rate(config, epoch_steps, step, opt_state))
-  hooks = [periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
-                                           every_secs=30)]
-  if config.profile_steps and jax.process_index() == 0:
-    hooks.append(periodic_actions.Profile(num_profile_steps=config.profile_steps,
-                                          logdir=workdir))
+    model = models.create_model(config.model)
+    tx = optim.create_optimizer(config, epoch_steps)
+    state = train_state_lib.create_train_state_on_mesh(model, tx, config.seed, image_shape, mesh)
+    logging.info('FacialNet: %d parameters; %d devices (%s); batch %d; %d steps per epoch; '
+                 'compilation cache %s.', sum(x.size for x in jax.tree.leaves(state.params)),
+                 jax.device_count(), jax.devices()[0].platform, config.batch_size, epoch_steps,
+                 cache_dir or 'off')
 
-  def meta_for(at_step: int) -> dict:
-    return {'step': at_step, 'epoch': at_step // epoch_steps,
-            'steps_per_epoch': epoch_steps, 'num_train_examples': len(splits['train']),
-            'image_shape': list(image_shape),
-            'stored_image_size': int(splits['train'].image_shape[0]),
-            'run': run_identity(config),
-            'model': config.model.to_dict()}
+    checkpoints = checkpointing.RunCheckpoints(workdir, config.checkpoint.keep,
+                                               config.checkpoint.best_metric)
+    state = _resume(checkpoints, state, epoch_steps, config)
+    step = int(jax.device_get(state.step))
+    save_config(config, workdir)
+    save_every_epochs = checkpoint_every_epochs(config)
 
-  seen_nonfinite = int(jax.device_get(state.nonfinite_steps))
-  epoch_metrics = None
-  epoch_start_time, epoch_start_step = time.monotonic(), step
+    metric_writers, periodic_actions = tensorflow_optional.clu_writers()
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    train_feed, evaluators = _feeds(config, splits, model, tx, mesh, step)
+    learning_rate_now = jax.jit(
+        lambda step, opt_state: optim.current_learning_rate(config, epoch_steps, step, opt_state))
+    hooks = [periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
+                                             every_secs=30)]
+    if config.profile_steps and jax.process_index() == 0:
+      hooks.append(periodic_actions.Profile(num_profile_steps=config.profile_steps,
+                                            logdir=workdir))
+
+    def meta_for(at_step: int) -> dict:
+      return {'step': at_step, 'epoch': at_step // epoch_steps,
+              'steps_per_epoch': epoch_steps, 'num_train_examples': len(splits['train']),
+              'image_shape': list(image_shape),
+              'stored_image_size': int(splits['train'].image_shape[0]),
+              'run': run_identity(config),
+              'model': config.model.to_dict()}
+
+    seen_nonfinite = int(jax.device_get(state.nonfinite_steps))
+    epoch_metrics = None
+    epoch_start_time, epoch_start_step = time.monotonic(), step
   with jax.transfer_guard('disallow'):
     while step < total_steps:
       stop = next_stop(step, total_steps, epoch_steps, config)
-      state, chunk_metrics = train_feed.run(state, stop - step)
+      with timer.phase('train_steps'):
+        state, chunk_metrics = train_feed.run(state, stop - step)
+        # Waiting here puts the steps' own time in this phase, not in the next one that
+        # fetches a result (dispatch is asynchronous).
+        jax.block_until_ready(state)
       step = stop
-      epoch_metrics = chunk_metrics if epoch_metrics is None else epoch_metrics.merge(
-          chunk_metrics)
-      for hook in hooks:
-        hook(step)
-
-      seen_nonfinite = _check_finite(state, seen_nonfinite, config, checkpoints)
-      if step % config.log_every_steps == 0 or step % epoch_steps == 0:
-        learning_rate = learning_rate_now(state.step, state.opt_state)
-        writer.write_scalars(step, {f'train/{k}': v for k, v in
-                                    _host_metrics(chunk_metrics).items()}
-                             | {'learning_rate': float(jax.device_get(learning_rate))})
+      with timer.phase('host'):
+        epoch_metrics = chunk_metrics if epoch_metrics is None else epoch_metrics.merge(
+            chunk_metrics)
+        for hook in hooks:
+          hook(step)
+        seen_nonfinite = _check_finite(state, seen_nonfinite, config, checkpoints)
+        if step % config.log_every_steps == 0 or step % epoch_steps == 0:
+          learning_rate = learning_rate_now(state.step, state.opt_state)
+          writer.write_scalars(step, {f'train/{k}': v for k, v in
+                                      _host_metrics(chunk_metrics).items()}
+                               | {'learning_rate': float(jax.device_get(learning_rate))})
 
       epoch_ended = step % epoch_steps == 0
       epoch = step // epoch_steps
       if epoch_ended and (epoch % config.eval_every_epochs == 0 or step == total_steps):
-        train_values = _host_metrics(epoch_metrics)
-        validation_values = _host_metrics(evaluators['validation'](state)[0])
-        writer.write_scalars(step, {f'validation/{k}': v for k, v in validation_values.items()})
-        elapsed = time.monotonic() - epoch_start_time
-        images_per_second = (step - epoch_start_step) * config.batch_size / max(elapsed, 1e-9)
-        logging.info('Epoch %d/%d: train loss %.4f, %s | validation %s | %.0f images/s, %.1f s.',
-                     epoch, config.num_epochs, train_values['loss'],
-                     _format_metrics(train_values), _format_metrics(validation_values),
-                     images_per_second, elapsed)
-        checkpoints.save_if_best(step, state, meta_for(step), validation_values)
+        with timer.phase('validation'):
+          validation_values = _host_metrics(evaluators['validation'](state)[0])
+        with timer.phase('host'):
+          train_values = _host_metrics(epoch_metrics)
+          writer.write_scalars(step, {f'validation/{k}': v for k, v in validation_values.items()})
+          elapsed = time.monotonic() - epoch_start_time
+          images_per_second = (step - epoch_start_step) * config.batch_size / max(elapsed, 1e-9)
+          logging.info('Epoch %d/%d: train loss %.4f, %s | validation %s | %.0f images/s, %.1f s.',
+                       epoch, config.num_epochs, train_values['loss'],
+                       _format_metrics(train_values), _format_metrics(validation_values),
+                       images_per_second, elapsed)
+        with timer.phase('checkpoints'):
+          checkpoints.save_if_best(step, state, meta_for(step), validation_values)
         epoch_metrics = None
         epoch_start_time, epoch_start_step = time.monotonic(), step
       if ((config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0)
-          or (not config.checkpoint.every_steps and epoch_ended) or step == total_steps):
-        checkpoints.save(step, state, meta_for(step))
-  writer.flush()
-  checkpoints.wait()
+          or (not config.checkpoint.every_steps and epoch_ended
+              and epoch % save_every_epochs == 0) or step == total_steps):
+        with timer.phase('checkpoints'):
+          checkpoints.save(step, state, meta_for(step))
+  with timer.phase('host'):
+    writer.flush()
+  with timer.phase('checkpoints'):
+    checkpoints.wait()
 
-  results = final_evaluation(config, checkpoints, state, evaluators)
+  with timer.phase('final_evaluation'):
+    results = final_evaluation(config, checkpoints, state, evaluators)
+  with timer.phase('host'):
+    checkpoints.close()
+    writer.close()
+  results['timing'] = timer.breakdown() | {
+      'compilation_cache_dir': cache_dir, 'compilation_cache_hits': clock.cache_hits,
+      'compilation_cache_misses': clock.cache_misses}
   if jax.process_index() == 0:
     write_atomically(os.path.join(workdir, RESULTS_FILE),
                      json.dumps(results, indent=2, sort_keys=True))
   for name, values in results['test'].items():
     logging.info('Test (%s checkpoint, step %d): %s', name, values['step'],
                  _format_metrics(values))
-  checkpoints.close()
-  writer.close()
+  logging.info('%s', timer.summary_line())
   return results
 
 

@@ -70,14 +70,12 @@ def shared_data() -> pathlib.Path:
 
 @pytest.fixture(scope='session', autouse=True)
 def compilation_cache(tmp_path_factory):
-  """One persistent XLA cache for the session, shared with subprocesses: the many small runs
-  compile the same steps again and again."""
-  import jax  # pylint: disable=import-outside-toplevel
-  cache_dir = str(tmp_path_factory.mktemp('jax_cache'))
-  jax.config.update('jax_compilation_cache_dir', cache_dir)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
-  os.environ['JAX_COMPILATION_CACHE_DIR'] = cache_dir
-  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.5'
+  """One persistent XLA cache for the session, shared with subprocesses (through the variable
+  that config.compilation_cache_dir='auto' reads) and kept out of the user's ~/.cache: the many
+  small runs compile the same steps again and again."""
+  from facialnet_jax import compilation_cache as cache  # pylint: disable=import-outside-toplevel
+  os.environ[cache.CACHE_DIR_ENV] = str(tmp_path_factory.mktemp('jax_cache'))
+  cache.enable(cache.AUTO)
   yield
 
 
