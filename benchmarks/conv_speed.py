@@ -60,14 +60,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # project not installed) imports it too.
 sys.path.insert(0, REPO)
 from facialnet_jax import cpu_env  # pylint: disable=wrong-import-position
-
-# name, features, kernel, stride, padding (the paper's table)
-LAYERS = (('conv1', 32, 3, 2, 1), ('conv2', 64, 3, 1, 1), ('conv3', 128, 3, 2, 1),
-          ('conv4', 128, 3, 1, 1), ('conv5', 128, 1, 1, 0), ('conv6', 256, 3, 2, 0),
-          ('conv7', 512, 3, 2, 1), ('conv8', 512, 1, 1, 0))
-HEADS = (('gender', 2, 0.5, 0.3), ('age', 8, 0.4, 0.2))
-N_PARAMS = 4_159_242
-LR, MOMENTUM, WEIGHT_DECAY = 2e-3, 0.9, 5e-4
+# The model and optimiser settings, shared with gpu_peer.py (this script's folder is on sys.path).
+from facialnet_torch import (HEADS, LAYERS, LR, MOMENTUM, N_PARAMS,  # pylint: disable=wrong-import-position
+                             WEIGHT_DECAY, make_net)
 
 # The settings launch.py starts with.
 MALLOC = cpu_env.CPU_GLIBC_TUNABLES
@@ -195,31 +190,12 @@ def jax_worker(args):
 
 def torch_worker(args):
   import torch
-  import torch.nn as tnn
   import torch.nn.functional as F
   if args.threads:
     torch.set_num_threads(args.threads)
 
-  class Net(tnn.Module):
-    def __init__(self):
-      super().__init__()
-      layers, cin = [], 1
-      for _, f, k, s, p in LAYERS:
-        layers += [tnn.Conv2d(cin, f, k, s, p), tnn.ReLU()]
-        cin = f
-      self.features = tnn.Sequential(*layers, tnn.MaxPool2d(3, 2), tnn.Flatten())
-      self.heads = tnn.ModuleList(
-          tnn.Sequential(tnn.Linear(2048, 512), tnn.ReLU(), tnn.Dropout(d1), tnn.Linear(512, 64),
-                         tnn.ReLU(), tnn.Dropout(d2), tnn.Linear(64, n))
-          for _, n, d1, d2 in HEADS)
-
-    def forward(self, x):
-      h = self.features(x)
-      return [head(h) for head in self.heads]
-
   b = args.batch
-  net = Net()
-  assert sum(p.numel() for p in net.parameters()) == N_PARAMS
+  net = make_net()
   x = torch.randn(b, 1, 75, 75)
   y_gender, y_age = torch.randint(0, 2, (b,)), torch.randint(0, 8, (b,))
   opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
