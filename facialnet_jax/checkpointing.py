@@ -1,7 +1,11 @@
 """Orbax checkpoints of a run: the latest few (for resuming) and the best by a validation metric."""
 
+import contextlib
+import errno
 import os
-from typing import Any
+import re
+import shutil
+from typing import Any, Iterator
 
 import jax
 import orbax.checkpoint as ocp
@@ -16,6 +20,18 @@ BEST_DIR = 'checkpoints_best'
 UNREADABLE_SUFFIX = '.unreadable'
 # Error texts from TensorStore carry a JSON spec of many lines; messages keep the start.
 _MAX_ERROR_CHARS = 300
+# How TensorStore reports a failed file write (as a ValueError): 'RESOURCE_EXHAUSTED: Error
+# writing … Failed writing: …: No space left on device [os_error_code='28']'.
+_WRITE_FAILURE = re.compile(r"os_error_code|RESOURCE_EXHAUSTED|PERMISSION_DENIED|Failed writing"
+                            r"|Error writing")
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+# Headroom over the arrays' bytes: orbax's metadata and files of each save.
+_SPACE_MARGIN = 1.1
+_DISK_FULL = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
+
+
+class CheckpointWriteError(UserError):
+  """A checkpoint could not be written (a full or read-only disk, a lost mount, no permission)."""
 
 
 def open_manager(directory: str, options: ocp.CheckpointManagerOptions | None = None
@@ -34,6 +50,9 @@ class RunCheckpoints:
 
   def __init__(self, workdir: str, keep: int, best_metric: str):
     self.best_metric = best_metric
+    self.keep = keep
+    # The step each manager is writing in the background, to name it when the write fails.
+    self._in_flight: dict[ocp.CheckpointManager, int] = {}
     # cleanup_tmp_directories: a run killed while saving leaves `<step>.orbax-checkpoint-tmp`
     # folders; orbax ignores them when listing steps, and this removes them at start.
     self.latest = open_manager(os.path.join(workdir, LATEST_DIR), ocp.CheckpointManagerOptions(
@@ -52,28 +71,127 @@ class RunCheckpoints:
     The offer of the same step to `checkpoints_best/` is finished first: a run killed after
     this save resumes past that step and would never offer it again.
     """
-    self.best.wait_until_finished()
+    self._finish(self.best)
     if step not in self.latest.all_steps():
-      self.latest.save(step, args=self._args(state, meta))
+      self._finish(self.latest)
+      with self._writing(self.latest, step):
+        self.latest.save(step, args=self._args(state, meta))
 
   def save_if_best(self, step: int, state, meta: dict, validation_metrics: dict) -> None:
     """Saves the state to `checkpoints_best/` when its validation metric beats the best so far
     (orbax would also write a worse one, only to delete it)."""
+    self._finish(self.best)
     value = float(validation_metrics[self.best_metric])
     best_step = self.best.best_step()
     if best_step is not None:
       best_value = (self.best.metrics(best_step) or {}).get(self.best_metric, float('-inf'))
       if best_step == step or value <= best_value:
         return
-    self.best.save(step, args=self._args(state, meta), metrics={self.best_metric: value})
+    with self._writing(self.best, step):
+      self.best.save(step, args=self._args(state, meta), metrics={self.best_metric: value})
 
   def wait(self) -> None:
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
+    self._finish(self.latest)
+    self._finish(self.best)
 
   def close(self) -> None:
     self.latest.close()
     self.best.close()
+
+  def _finish(self, manager: ocp.CheckpointManager) -> None:
+    """Waits for `manager`'s save in flight. A failed background write surfaces here (or at
+    the next save, which waits too), so the error is named after the step that failed."""
+    with self._writing(manager, self._in_flight.get(manager)):
+      manager.wait_until_finished()
+    self._in_flight.pop(manager, None)
+
+  @contextlib.contextmanager
+  def _writing(self, manager: ocp.CheckpointManager, step: int | None) -> Iterator[None]:
+    """Turns a failed write of `step` into one CheckpointWriteError line (other errors pass)."""
+    if step is not None:
+      self._in_flight[manager] = step
+    try:
+      yield
+    except Exception as error:  # pylint: disable=broad-except
+      reason = write_failure(error)
+      if reason is None:
+        raise
+      raise CheckpointWriteError(self._failure_message(manager, step, reason)) from error
+
+  def _failure_message(self, manager: ocp.CheckpointManager, step: int | None,
+                       reason: str) -> str:
+    directory = os.fspath(manager.directory)
+    what = f'the checkpoint of step {step}' if step is not None else 'a checkpoint'
+    good = finalized_steps(os.fspath(self.latest.directory))
+    when = 'once space is freed' if reason in _DISK_FULL else 'once that is fixed'
+    kept = (f'The last good checkpoint is step {good[-1]} '
+            f'({os.path.join(os.fspath(self.latest.directory), str(good[-1]))}); {when}, run '
+            'the same command to resume from it.' if good else
+            f'No checkpoint had been saved; {when}, run the same command to start again.')
+    return (f'Writing {what} to {directory} failed ({reason}); {describe_disk(directory)}. '
+            f'{kept}')
+
+  def check_free_space(self, state) -> None:
+    """Warns (one line) when the workdir's file system has less room than the checkpoints still
+    to come: `keep` latest and one best, each about the size of the state's arrays."""
+    size = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+    existing = len(self.latest.all_steps()) + len(self.best.all_steps())
+    # A new save is written in full before the oldest one is deleted.
+    needed = int(max(1, self.keep + 1 - existing) * size * _SPACE_MARGIN)
+    directory = os.fspath(self.latest.directory)
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+      logging.warning('Only %s free on the file system of %s, but this run\'s checkpoints '
+                      '(%d latest and 1 best, %s each) need about %s more; a full disk stops the '
+                      'run at a checkpoint. Free some space, lower config.checkpoint.keep, or use '
+                      'another --workdir.', format_bytes(free), directory, self.keep,
+                      format_bytes(size), format_bytes(needed))
+
+
+def write_failure(error: BaseException) -> str | None:
+  """Why a file write failed ('No space left on device', …) when `error` (or its cause) is one;
+  None for any other error."""
+  while error is not None:
+    if isinstance(error, OSError):
+      return error.strerror or brief_error(error)
+    text = str(error)
+    if _WRITE_FAILURE.search(text):
+      code = _OS_ERROR_CODE.search(text)
+      return os.strerror(int(code.group(1))) if code else brief_error(error)
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def describe_disk(directory: str) -> str:
+  """'the file system at /mnt/x (holding DIR) has 0 bytes free of 40.0 MB'."""
+  mount = os.path.realpath(directory)
+  while not os.path.ismount(mount):
+    mount = os.path.dirname(mount)
+  try:
+    usage = shutil.disk_usage(directory)
+  except OSError as error:
+    return f'the file system at {mount} cannot be queried ({error.strerror})'
+  holding = '' if mount == os.path.realpath(directory) else f' (holding {directory})'
+  return (f'the file system at {mount}{holding} has {format_bytes(usage.free)} free of '
+          f'{format_bytes(usage.total)}')
+
+
+def format_bytes(count: int) -> str:
+  if count < 1024:
+    return f'{count:,} bytes'
+  for unit in ('KB', 'MB', 'GB', 'TB'):
+    count /= 1024
+    if count < 1024 or unit == 'TB':
+      return f'{count:.1f} {unit}'
+
+
+def finalized_steps(directory: str) -> list[int]:
+  """The steps whose save finished: orbax writes `<step>.orbax-checkpoint-tmp…` and renames it to
+  `<step>` as the last act of a save, so only digit names are complete."""
+  try:
+    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+  except FileNotFoundError:
+    return []
 
 
 def brief_error(error: BaseException) -> str:

@@ -45,12 +45,13 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-  """absl's app.run(main), with a UserError printed as `error: …` and exit status 1."""
+  """absl's app.run(main), with a UserError printed as `error: …` and exit status 1 (or the
+  error's own `exit_status`: 128 + the signal number for a run stopped by a signal)."""
   def guarded_main(argv):
     logging_setup.configure()
     try:
       main(argv)
     except UserError as error:
-      _exit_with(str(error), 1)
+      _exit_with(str(error), getattr(error, 'exit_status', 1))
 
   app.run(guarded_main, flags_parser=_parse_flags)

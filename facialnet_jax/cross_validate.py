@@ -34,6 +34,7 @@ from facialnet_jax import evaluate
 from facialnet_jax import folds
 from facialnet_jax import report
 from facialnet_jax import restore
+from facialnet_jax import workdir_lock
 from facialnet_jax.errors import UserError
 
 REPORT_FILE = 'report.md'
@@ -119,17 +120,21 @@ def run_fold(config: ml_collections.ConfigDict, workdir: str, fold: int,
   evaluation_dir = fold_evaluation_dir(workdir, fold, checkpoint)
   metrics_path = os.path.join(evaluation_dir, evaluate.METRICS_FILE)
   this_config = fold_config(config, fold)
-  check_same_config(this_config, directory)
-  if not os.path.exists(os.path.join(directory, RESULTS_FILE)):
-    from facialnet_jax import train  # pylint: disable=import-outside-toplevel
-    train.train_and_evaluate(this_config, directory)
-  elif os.path.exists(metrics_path):
-    with open(metrics_path) as f:
-      return json.load(f)
-  run = restore.restore_run(directory, checkpoint)
-  evaluation = evaluate.evaluate(run, evaluate.load_evaluation_data(run, 'test'))
-  evaluate.write_evaluation(evaluation, evaluation_dir)
-  return evaluation.to_json()
+  os.makedirs(directory, exist_ok=True)
+  # One invocation per fold at a time, for its training and its evaluation (training takes the
+  # same lock again, which nests). Invocations on other folds may share the workdir.
+  with workdir_lock.hold(directory):
+    check_same_config(this_config, directory)
+    if not os.path.exists(os.path.join(directory, RESULTS_FILE)):
+      from facialnet_jax import train  # pylint: disable=import-outside-toplevel
+      train.train_and_evaluate(this_config, directory)
+    elif os.path.exists(metrics_path):
+      with open(metrics_path) as f:
+        return json.load(f)
+    run = restore.restore_run(directory, checkpoint)
+    evaluation = evaluate.evaluate(run, evaluate.load_evaluation_data(run, 'test'))
+    evaluate.write_evaluation(evaluation, evaluation_dir)
+    return evaluation.to_json()
 
 
 def _add_wall_seconds(directory: str, seconds: float) -> None:
@@ -269,15 +274,17 @@ def cross_validate(config: ml_collections.ConfigDict, workdir: str,
                  ', '.join(f'{label} {report.format_percent(fold_metrics[fold][name])}%'
                            for name, label in report.REPORTED_METRICS),
                  _format_duration(time.monotonic() - fold_start))
-  # Folds finished by earlier invocations belong in the report too.
-  for fold in sorted(set(ALL_FOLDS) - set(folds)):
-    metrics_path = os.path.join(fold_evaluation_dir(workdir, fold, checkpoint),
-                                evaluate.METRICS_FILE)
-    if os.path.exists(metrics_path):
-      check_same_config(fold_config(config, fold), fold_dir(workdir, fold))
-      with open(metrics_path) as f:
-        fold_metrics[fold] = json.load(f)
-  path = write_report(config, workdir, fold_metrics, checkpoint)
+  # Invocations running other folds write the same report: one at a time, each reading the
+  # folds finished so far (by earlier invocations too), so the last one written covers them all.
+  with workdir_lock.hold(workdir, wait=True):
+    for fold in sorted(set(ALL_FOLDS) - set(folds)):
+      metrics_path = os.path.join(fold_evaluation_dir(workdir, fold, checkpoint),
+                                  evaluate.METRICS_FILE)
+      if os.path.exists(metrics_path):
+        check_same_config(fold_config(config, fold), fold_dir(workdir, fold))
+        with open(metrics_path) as f:
+          fold_metrics[fold] = json.load(f)
+    path = write_report(config, workdir, fold_metrics, checkpoint)
   logging.info('Wrote %s (%d folds) after %s.', path, len(fold_metrics),
                _format_duration(time.monotonic() - start))
   return path

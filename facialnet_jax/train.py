@@ -1,8 +1,10 @@
 """train_and_evaluate(config, workdir): the loop around the compiled steps, with resume, checkpoints,
 metrics and a final, honest test evaluation."""
 
+import contextlib
 import json
 import os
+import socket
 import time
 
 import jax
@@ -13,6 +15,7 @@ from facialnet_jax import compilation_cache
 from facialnet_jax import config_checks
 from facialnet_jax import device_data
 from facialnet_jax import input_pipeline
+from facialnet_jax import interrupts
 from facialnet_jax import models
 from facialnet_jax import optim
 from facialnet_jax import run_timing
@@ -21,6 +24,7 @@ from facialnet_jax import steps
 from facialnet_jax import streaming
 from facialnet_jax import tensorflow_optional
 from facialnet_jax import train_state as train_state_lib
+from facialnet_jax import workdir_lock
 from facialnet_jax.errors import UserError
 
 CONFIG_FILE = 'config.json'
@@ -70,7 +74,8 @@ def _prepare_workdir(workdir: str) -> str:
   workdir = os.path.abspath(os.path.expanduser(workdir))
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write_test_{jax.process_index()}')
+    # Named without asking JAX for the process index, which would start its backend.
+    probe = os.path.join(workdir, f'.write_test_{socket.gethostname()}_{os.getpid()}')
     with open(probe, 'w'):
       pass
     os.remove(probe)
@@ -78,6 +83,15 @@ def _prepare_workdir(workdir: str) -> str:
     raise UserError(f'--workdir {workdir} cannot be written ({error.strerror}); choose a '
                     'directory you can write to.') from None
   return workdir
+
+
+def _hold_workdir(workdir: str):
+  """The workdir's lock, taken by process 0 for the whole run (the other processes follow it
+  through the collectives). Without jax.distributed the run is one process: asking JAX which
+  process this is would start its backend (seconds on a GPU) before a busy workdir is reported."""
+  if jax.distributed.is_initialized() and jax.process_index() > 0:
+    return contextlib.nullcontext()
+  return workdir_lock.hold(workdir)
 
 
 def run_identity(config) -> dict:
@@ -162,6 +176,23 @@ def _feeds(config, splits, model, tx, mesh, start_step: int):
                 for name in ('validation', 'test')}
 
 
+def _train_until(feed, state, step: int, stop: int, dispatch: int,
+                 stop_signals: interrupts.StopSignals):
+  """Trains from `step` towards `stop`, `dispatch` steps per call; returns (state, the steps'
+  TrainMetrics, the step reached): `stop`, or an earlier one when a stop was asked for. Each call
+  is awaited, so a request is answered within one dispatch (one step on CPU) rather than after
+  every step already queued."""
+  metrics = None
+  while True:
+    count = min(dispatch, stop - step)
+    state, part = feed.run(state, count)
+    jax.block_until_ready(state)
+    metrics = part if metrics is None else metrics.merge(part)
+    step += count
+    if step == stop or stop_signals.stop_now(at_boundary=False):
+      return state, metrics, step
+
+
 def checkpoint_every_epochs(config) -> int:
   """Epochs between saves to checkpoints/ (when config.checkpoint.every_steps is 0).
 
@@ -178,18 +209,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains per `config`, resuming from `workdir` when it holds checkpoints, and returns the
   final results (also written to workdir/results.json)."""
   config_checks.check_config(config)
-  clock = compilation_cache.CompileClock()
-  timer = run_timing.RunTimer(clock)
-  try:
-    return _train_and_evaluate(config, workdir, clock, timer)
-  finally:
-    clock.close()
+  # Before any data or device work: a busy workdir is reported at once.
+  workdir = _prepare_workdir(workdir)
+  with _hold_workdir(workdir):
+    clock = compilation_cache.CompileClock()
+    timer = run_timing.RunTimer(clock)
+    try:
+      return _train_and_evaluate(config, workdir, clock, timer)
+    finally:
+      clock.close()
 
 
 def _train_and_evaluate(config, workdir: str, clock: compilation_cache.CompileClock,
                         timer: run_timing.RunTimer) -> dict:
   with timer.phase('setup'):
-    workdir = _prepare_workdir(workdir)
     cache_dir = compilation_cache.enable(config.compilation_cache_dir)
     mesh = sharding.create_mesh()
     sharding.check_divisible(config.batch_size, mesh, 'config.batch_size')
@@ -220,6 +253,7 @@ def _train_and_evaluate(config, workdir: str, clock: compilation_cache.CompileCl
     checkpoints = checkpointing.RunCheckpoints(workdir, config.checkpoint.keep,
                                                config.checkpoint.best_metric)
     state = _resume(checkpoints, state, epoch_steps, config)
+    checkpoints.check_free_space(state)
     step = int(jax.device_get(state.step))
     save_config(config, workdir)
     save_every_epochs = checkpoint_every_epochs(config)
@@ -246,15 +280,20 @@ def _train_and_evaluate(config, workdir: str, clock: compilation_cache.CompileCl
     seen_nonfinite = int(jax.device_get(state.nonfinite_steps))
     epoch_metrics = None
     epoch_start_time, epoch_start_step = time.monotonic(), step
-  with jax.transfer_guard('disallow'):
-    while step < total_steps:
+    dispatch = device_data.dispatch_steps(config.steps_per_dispatch)
+  # SIGTERM or Ctrl-C while training ends the loop at the step reached, after the usual work of
+  # that step (the NaN check included), with a checkpoint there. Before the loop and after it
+  # the signals keep their usual effect: there is nothing to save yet, or it is saved.
+  stop_signals = interrupts.StopSignals()
+  stopping = False
+  with stop_signals, jax.transfer_guard('disallow'):
+    while step < total_steps and not stopping:
       stop = next_stop(step, total_steps, epoch_steps, config)
       with timer.phase('train_steps'):
-        state, chunk_metrics = train_feed.run(state, stop - step)
-        # Waiting here puts the steps' own time in this phase, not in the next one that
-        # fetches a result (dispatch is asynchronous).
-        jax.block_until_ready(state)
-      step = stop
+        # _train_until waits for each dispatch, which puts the steps' own time in this phase,
+        # not in the next one that fetches a result (dispatch is asynchronous).
+        state, chunk_metrics, step = _train_until(train_feed, state, step, stop, dispatch,
+                                                  stop_signals)
       with timer.phase('host'):
         epoch_metrics = chunk_metrics if epoch_metrics is None else epoch_metrics.merge(
             chunk_metrics)
@@ -290,6 +329,20 @@ def _train_and_evaluate(config, workdir: str, clock: compilation_cache.CompileCl
               and epoch % save_every_epochs == 0) or step == total_steps):
         with timer.phase('checkpoints'):
           checkpoints.save(step, state, meta_for(step))
+      stopping = stop_signals.stop_now(at_boundary=True)
+    if stopping:
+      # The signals' handlers were reset to the default action by the first one: a second
+      # signal during this save ends the process at once.
+      with timer.phase('checkpoints'):
+        checkpoints.save(step, state, meta_for(step))
+        checkpoints.wait()
+      with timer.phase('host'):
+        writer.close()
+      checkpoints.close()
+      raise interrupts.Interrupted(
+          f'Stopped by {stop_signals.name} at step {step}; checkpoint saved in '
+          f'{os.path.join(checkpoints.latest.directory, str(step))}. Run the same command to '
+          'resume.', stop_signals.signum)
   with timer.phase('host'):
     writer.flush()
   with timer.phase('checkpoints'):

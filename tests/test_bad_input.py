@@ -36,6 +36,7 @@ from facialnet_jax import adience_files
 from facialnet_jax import demo_data
 from facialnet_jax import demo_faces
 from facialnet_jax import train
+from facialnet_jax import workdir_lock
 from facialnet_jax.tfds_common import BadRecordError, BadSourceError
 from tests.conftest import REPO_ROOT, final_params, run_launch, tiny_config, tiny_flags
 from tfds_adience import tfds_adience_dataset_builder as adience_builder
@@ -56,9 +57,11 @@ def _assert_one_line_error(finished: subprocess.CompletedProcess, expected: str,
 
 
 def _saved_files(directory: pathlib.Path) -> dict[str, tuple[int, int]]:
-  """Every file under `directory` → (size, modification time): what 'nothing lost' compares."""
+  """Every file under `directory` → (size, modification time): what 'nothing lost' compares.
+  The lock file is left out: each run that takes the workdir writes its PID there."""
   return {os.fspath(path.relative_to(directory)): (path.stat().st_size, path.stat().st_mtime_ns)
-          for path in directory.rglob('*') if path.is_file()}
+          for path in directory.rglob('*')
+          if path.is_file() and path.name != workdir_lock.LOCK_FILE}
 
 
 # ---------------------------------------------------------------------------------------------
