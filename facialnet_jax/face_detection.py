@@ -55,8 +55,14 @@ class FaceBox:
     return int(round(centre_x - side / 2)), int(round(centre_y - side / 2)), side
 
 
+# The return annotation is a string: opencv-python-headless 5.x has no cv2.CascadeClassifier at
+# all, and an unquoted one failed the import with an AttributeError before the message below.
 @functools.cache
-def _cascade() -> cv2.CascadeClassifier:
+def _cascade() -> 'cv2.CascadeClassifier':
+  if not hasattr(cv2, 'CascadeClassifier'):
+    raise RuntimeError(f'This OpenCV ({cv2.__version__}) has no Haar cascade detector; install '
+                       'opencv-python-headless<5 (5.x dropped cv2.CascadeClassifier and its '
+                       'cascades).')
   path = os.path.join(getattr(getattr(cv2, 'data', None), 'haarcascades', ''), CASCADE_FILE)
   cascade = cv2.CascadeClassifier(path)
   if cascade.empty():

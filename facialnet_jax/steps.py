@@ -50,7 +50,9 @@ def make_train_step(model, tx: optax.GradientTransformationExtraArgs, config) ->
     updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
     params = optax.apply_updates(state.params, updates)
 
-    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+    # optax.tree.norm, not optax.global_norm: that one is deprecated (a DeprecationWarning in
+    # optax 0.2.8) and only calls optax.tree.norm, so the numbers are the same.
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
     keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = state.replace(
         step=state.step + 1,
