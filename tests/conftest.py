@@ -95,8 +95,9 @@ def relative_difference(params, other, start) -> float:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
-  difference = optax.global_norm(jax.tree.map(np.subtract, params, other))
-  change = optax.global_norm(jax.tree.map(np.subtract, params, start))
+  # optax.tree.norm: optax.global_norm is deprecated (and only calls it).
+  difference = optax.tree.norm(jax.tree.map(np.subtract, params, other))
+  change = optax.tree.norm(jax.tree.map(np.subtract, params, start))
   assert change > 0.01, 'training barely moved the parameters: the comparison would be empty'
   return float(difference / change)
 
