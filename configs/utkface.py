@@ -1,5 +1,11 @@
-"""The paper's recipe on UTKFace: train on `train`, select on `validation`, report on `test`
-(fixed 80/10/10 splits by a hash of the file name; see tfds_utkface/README.md).
+"""UTKFace with the best recipe measured so far: train on `train`, select on `validation`,
+report on `test` (fixed 80/10/10 splits by a hash of the file name; see tfds_utkface/README.md).
+
+Batch 250, learning rate 0.02 (2e-3 at the paper's batch 25, scaled linearly), weight decay 5e-4,
+cosine decay after 5 warm-up epochs, 100 epochs. On one H200 it reached 92.1% gender / 70.4% age /
+95.1% 1-off on the test split (seed 1: 92.0 / 69.7 / 94.3; README "Results measured so far");
+the paper's recipe (configs/paper.py with this data) 88.2 / 65.4 / 88.7. On accelerators, a
+larger batch keeps the scaling: `--config configs/utkface.py:1024` (learning rate 0.08192).
 
 Build the data once first (about 30 s for the 15,404 faces of ../shared/data/utkface), from
 UTKFace.tar.gz, its extracted UTKFace/ folder or a folder of the .jpg.chip.jpg faces, then train:
@@ -19,9 +25,20 @@ dir other than TFDS's default, pass it to both commands: `--data_dir DIR` and
 from facialnet_jax.base_config import get_base_config
 
 
-def get_config():
-  # Every other default is the paper's recipe (see facialnet_jax/base_config.py for each choice).
+# The linear scaling rule from here: it held from batch 25 at 2e-3 to batch 250 at 0.02.
+REFERENCE_BATCH_SIZE = 250
+REFERENCE_LEARNING_RATE = 0.02
+
+
+def get_config(batch_size: str = ''):
+  """`batch_size` (`configs/utkface.py:1024`): another batch, the learning rate scaled with it."""
   config = get_base_config()
+  config.batch_size = int(batch_size) if batch_size else REFERENCE_BATCH_SIZE
+  config.optimizer.learning_rate = (
+      REFERENCE_LEARNING_RATE * config.batch_size / REFERENCE_BATCH_SIZE)
+  config.optimizer.weight_decay = 5e-4
+  config.schedule.name = 'cosine'
+  config.schedule.warmup_epochs = 5.0
   config.data.name = 'tfds_utkface'
   config.data.builder_config = 'gray75'
   config.data.test_fold = -1  # No folds: the named splits below.
