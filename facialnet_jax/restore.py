@@ -13,6 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from facialnet_jax import checkpointing
+from facialnet_jax import compilation_cache
 from facialnet_jax import models
 from facialnet_jax import optim
 from facialnet_jax import sharding
@@ -160,7 +161,8 @@ def _restore_step(manager: ocp.CheckpointManager, step: int, config: ml_collecti
 
 def restore_run(workdir: str, checkpoint: str = BEST,
                 mesh: jax.sharding.Mesh | None = None) -> RestoredRun:
-  """Restores checkpoint 'latest', 'best' or a step number of the run in `workdir`.
+  """Restores checkpoint 'latest', 'best' or a step number of the run in `workdir`, with the
+  run's compilation cache turned on for what this process compiles next.
 
   The state is rebuilt from the run's own config.json and checkpoint meta and placed replicated
   on every device of `mesh` (default: all of this machine's), whatever devices wrote it.
@@ -169,6 +171,9 @@ def restore_run(workdir: str, checkpoint: str = BEST,
   if not os.path.isdir(workdir):
     raise UserError(f'--workdir {workdir} does not exist.')
   config = load_config(workdir)
+  # Evaluation and prediction load their compiled steps from the run's compilation cache (runs
+  # from before the setting existed: the default one).
+  compilation_cache.enable(config.get('compilation_cache_dir', compilation_cache.AUTO))
   mesh = mesh or sharding.create_mesh()
   manager, step = _find_checkpoint(workdir, str(checkpoint))
   try:

@@ -1,12 +1,16 @@
-"""The persistent compilation cache across processes, and the run-time breakdown in results.json."""
+"""The persistent compilation cache across processes (training and evaluation), and the run-time
+breakdown in results.json."""
 
 import json
+import re
+import subprocess
+import sys
 
 import pytest
 
 from facialnet_jax import compilation_cache
 from facialnet_jax import run_timing
-from tests.conftest import run_launch, tiny_flags
+from tests.conftest import REPO_ROOT, run_launch, tiny_flags
 
 
 def _timing(workdir) -> dict:
@@ -34,6 +38,17 @@ def test_a_second_process_loads_the_steps_the_first_compiled(tmp_path, monkeypat
     phases = sum(timing[f'{name}_seconds'] for name in run_timing.PHASES)
     assert phases == pytest.approx(timing['wall_seconds'], rel=0.05), timing
     assert timing['train_steps_seconds'] > 0 and timing['compile_seconds'] > 0
+
+  # evaluate compiles its evaluation pass once; a second call loads it.
+  evaluations = [subprocess.run(
+      [sys.executable, '-m', 'facialnet_jax.evaluate', f'--workdir={tmp_path / "first"}',
+       f'--output_dir={tmp_path / f"evaluation_{attempt}"}'], cwd=REPO_ROOT, capture_output=True,
+      text=True, timeout=300, check=False) for attempt in range(2)]
+  for evaluation in evaluations:
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+  counts = re.search(r'compilation cache: (\d+) hits, (\d+) misses', evaluations[1].stderr)
+  assert counts and int(counts.group(1)) > 0 and int(counts.group(2)) == 0, \
+      evaluations[1].stderr[-2000:]
 
 
 def test_cache_folder_setting(monkeypatch, tmp_path):
