@@ -131,19 +131,39 @@ def tfds_builder(data_config):
   return builder
 
 
+def is_random_access(builder) -> bool:
+  """True for builds that tfds.data_source reads (ArrayRecord, the default), without TensorFlow."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  return builder.info.file_format in tfds.core.file_adapters.FileFormat.with_random_access()
+
+
+def rebuild_hint(builder) -> str:
+  return (f'Rebuild it as ArrayRecord (the default now): delete {builder.data_dir} and run the '
+          'same `tfds build` command again (README.md, "Data")')
+
+
+def data_source(builder, split: str, **options):
+  """TFDS's random-access source over `split` of an ArrayRecord build (`options`: decoders).
+  One-line errors for an unknown split or a build without random access."""
+  if not is_random_access(builder):
+    raise UserError(f'{builder.name} in {builder.data_dir} was built as '
+                    f'{builder.info.file_format.value}, which has no random access. '
+                    f'{rebuild_hint(builder)}.')
+  try:
+    return builder.as_data_source(split=split, **options)
+  except (ValueError, KeyError) as error:
+    raise _unreadable_split(builder, split, error) from None
+
+
 def load_tfds_split(builder, split: str) -> HostSplit:
   """Reads a whole split into host memory (about 6 kB per 75×75 grayscale face).
 
   ArrayRecord builds (the default) are read by random access, without TensorFlow; older
   TFRecord builds need TensorFlow's tf.data.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  if builder.info.file_format != tfds.core.file_adapters.FileFormat.ARRAY_RECORD:
+  if not is_random_access(builder):
     return _load_tfrecord_split(builder, split)
-  try:
-    source = builder.as_data_source(split=split)
-  except (ValueError, KeyError) as error:
-    raise _unreadable_split(builder, split, error) from None
+  source = data_source(builder, split)
   # Decoding runs largely outside the GIL: threads read the split several times faster.
   chunks = [range(start, min(start + _READ_CHUNK, len(source)))
             for start in range(0, len(source), _READ_CHUNK)]
@@ -165,11 +185,9 @@ def _unreadable_split(builder, split: str, error: Exception) -> UserError:
 
 def _load_tfrecord_split(builder, split: str) -> HostSplit:
   if not tensorflow_optional.installed():
-    raise UserError(
-        f'{builder.name} in {builder.data_dir} was built as TFRecord, which only TensorFlow '
-        'reads, and TensorFlow is not installed. Rebuild it as ArrayRecord (the default now): '
-        f'delete {builder.data_dir} and run the same `tfds build` command again (README.md, '
-        '"Data"); or pip install tensorflow-cpu.')
+    raise UserError(f'{builder.name} in {builder.data_dir} was built as TFRecord, which only '
+                    f'TensorFlow reads, and TensorFlow is not installed. {rebuild_hint(builder)}; '
+                    'or pip install tensorflow-cpu.')
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   try:
     examples = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))

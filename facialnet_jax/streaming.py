@@ -22,8 +22,6 @@ PREFETCH_BATCHES = 3
 # Subject ids are read in chunks of this many examples, so a large split never sits in memory.
 _ID_CHUNK = 8192
 
-# The same epochs as the device path: ceil(examples / batch size) steps, the last one padded.
-
 
 class HostArraySource:
   """Host arrays (image, gender, age_group) behind the interface of a TFDS data source: len()
@@ -70,26 +68,11 @@ def from_host(split: input_pipeline.HostSplit) -> StreamSplit:
   return StreamSplit(HostArraySource(split.arrays()), np.arange(len(split)), split.image_shape)
 
 
-def _data_source(builder, split: str, **options):
-  """TFDS's random-access source over `split`; a one-line error for builds that have none."""
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  if builder.info.file_format not in tfds.core.file_adapters.FileFormat.with_random_access():
-    raise UserError(
-        f'{builder.name} in {builder.data_dir} was built as {builder.info.file_format.value}, '
-        'which the streaming pipeline does not read (it reads ArrayRecord, without TensorFlow). '
-        f'Rebuild it as ArrayRecord (the default now): delete {builder.data_dir} and run the '
-        'same `tfds build` command again (README.md, "Data").')
-  try:
-    return builder.as_data_source(split=split, **options)
-  except ValueError as error:
-    raise UserError(f'Split {split!r} of {builder.name} cannot be read ({error}); its splits '
-                    f'are {sorted(builder.info.splits)}.') from None
-
-
 def _subject_ids(builder, split: str) -> np.ndarray:
   """Every example's user_id, in split order, without decoding a single image."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  source = _data_source(builder, split, decoders={'image': tfds.decode.SkipDecoding()})
+  source = input_pipeline.data_source(builder, split,
+                                      decoders={'image': tfds.decode.SkipDecoding()})
   ids = []
   for start in range(0, len(source), _ID_CHUNK):
     chunk = source.__getitems__(list(range(start, min(start + _ID_CHUNK, len(source)))))
@@ -107,7 +90,7 @@ def load_splits(config) -> dict[str, StreamSplit]:
   shape = tuple(builder.info.features['image'].shape)
 
   def whole(split):
-    source = _data_source(builder, split)
+    source = input_pipeline.data_source(builder, split)
     return StreamSplit(source, np.arange(len(source)), shape)
 
   splits = {'train': whole(names['train']), 'test': whole(names['test'])}
@@ -119,7 +102,7 @@ def load_splits(config) -> dict[str, StreamSplit]:
   input_pipeline.check_carve(held_out, ids, data.validation_fraction)
   # A source of its own for validation: it is read while the training feed reads ahead.
   splits['train'] = StreamSplit(splits['train'].source, np.flatnonzero(~held_out), shape)
-  splits['validation'] = StreamSplit(_data_source(builder, names['train']),
+  splits['validation'] = StreamSplit(input_pipeline.data_source(builder, names['train']),
                                      np.flatnonzero(held_out), shape)
   return splits
 

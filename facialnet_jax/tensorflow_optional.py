@@ -18,21 +18,12 @@ from typing import Any, Mapping
 import numpy as np
 from absl import logging
 
-from facialnet_jax.errors import UserError
-
 _CLU_TF_WRITER_MODULE = 'clu.metric_writers.tf.summary_writer'
 
 
 def installed() -> bool:
   """True when TensorFlow can be imported (without importing it)."""
   return importlib.util.find_spec('tensorflow') is not None
-
-
-def require(what: str) -> None:
-  """Raises a one-line UserError when TensorFlow is missing; `what` says what needs it."""
-  if not installed():
-    raise UserError(f'{what} needs TensorFlow, which is not installed: '
-                    "pip install 'facialnet-jax[tf]' (or tensorflow-cpu), or avoid it.")
 
 
 class EventFileSummaryWriter:
