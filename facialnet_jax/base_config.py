@@ -44,10 +44,24 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.augment.rotation_degrees = 10.0
   config.augment.brightness = 0.15  # added to [0, 1] pixels
   config.augment.contrast = 0.2  # factor drawn from [1 - contrast, 1 + contrast]
+  # Mixup: images blended within the batch with λ ~ Beta(α, α), the loss likewise (mixup.py);
+  # 0 = off. Off too when enabled is False. Train accuracy then scores the larger share's labels.
+  config.augment.mixup_alpha = 0.0
 
   config.loss = ml_collections.ConfigDict()
   config.loss.gender_weight = 1.0
   config.loss.age_weight = 1.0
+  # Mixes each target with the uniform distribution (both heads; every age loss): 0 = off.
+  config.loss.label_smoothing = 0.0
+  # The age head's loss on its 8-way softmax (losses.py): 'cross_entropy' (the paper's),
+  # 'ordinal' (CORAL-style thresholds P(y > k); a near miss costs less than a far one) or
+  # 'label_distribution' (cross-entropy against a Gaussian over the groups, age_sigma wide).
+  config.loss.age_loss = 'cross_entropy'
+  config.loss.age_sigma = 1.0  # in age groups
+  # Per-class weights from the training split's labels: '' (off), 'inverse_sqrt' or
+  # 'effective_number' (Cui et al. 2019, with class_balance_beta); they average 1 per example.
+  config.loss.class_balance = ''
+  config.loss.class_balance_beta = 0.999
 
   config.optimizer = ml_collections.ConfigDict()
   # The paper gives 0.01 in one place and 2e-3 in another; 2e-3 won its own sweep over

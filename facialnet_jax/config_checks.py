@@ -1,6 +1,7 @@
 """Checks of config values that types alone cannot catch, each failing with a one-line fix."""
 
 from facialnet_jax import folds
+from facialnet_jax import losses
 from facialnet_jax import optim
 from facialnet_jax.errors import UserError
 
@@ -9,13 +10,15 @@ _POSITIVE_INTS = ('batch_size', 'eval_batch_size', 'num_epochs',
 _NON_NEGATIVE = ('optimizer.learning_rate', 'optimizer.weight_decay', 'optimizer.grad_clip_norm',
                  'checkpoint.every_steps', 'checkpoint.every_epochs', 'steps_per_dispatch',
                  'loss.gender_weight', 'loss.age_weight', 'schedule.warmup_epochs',
-                 'profile_steps', 'max_skipped_steps')
+                 'profile_steps', 'max_skipped_steps', 'augment.mixup_alpha')
 _CHOICES = {
     'data.pipeline': ('device', 'streaming'),
     'data.source': ('tfds', 'synthetic'),
     'model.dtype': ('float32', 'bfloat16'),
     'schedule.name': optim.SCHEDULES,
     'checkpoint.best_metric': ('gender_accuracy', 'age_accuracy', 'age_one_off_accuracy'),
+    'loss.age_loss': losses.AGE_LOSSES,
+    'loss.class_balance': losses.CLASS_BALANCE,
 }
 
 
@@ -45,6 +48,15 @@ def check_config(config) -> None:
   if not -1 <= config.data.test_fold < folds.NUM_FOLDS:
     raise UserError(f'config.data.test_fold={config.data.test_fold} does not exist; use '
                     f'0..{folds.NUM_FOLDS - 1} (or -1 for named train/test splits).')
+  if not 0 <= config.loss.label_smoothing < 1:
+    raise UserError(f'config.loss.label_smoothing={config.loss.label_smoothing} must be in '
+                    '[0, 1) (0 = off; 0.1 is usual).')
+  if config.loss.age_sigma <= 0:
+    raise UserError(f'config.loss.age_sigma={config.loss.age_sigma} must be positive (in age '
+                    'groups; 1.0 is the default).')
+  if not 0 < config.loss.class_balance_beta < 1:
+    raise UserError(f'config.loss.class_balance_beta={config.loss.class_balance_beta} must be '
+                    'in (0, 1) (0.999 is usual).')
   if config.loss.gender_weight == 0 and config.loss.age_weight == 0:
     raise UserError('config.loss.gender_weight and config.loss.age_weight are both 0: '
                     'nothing would be learned.')

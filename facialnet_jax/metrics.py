@@ -1,4 +1,4 @@
-"""Masked multi-task loss and CLU metric collections; a label of -1 means unknown and is left out."""
+"""CLU metric collections of the two heads; a label of -1 means unknown and is left out (the training losses are in losses.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -6,24 +6,6 @@ import optax
 from clu import metrics
 
 UNKNOWN_LABEL = -1
-
-
-def masked_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean softmax cross-entropy over the examples whose label is known (0 when none is)."""
-  known = labels != UNKNOWN_LABEL
-  per_example = optax.softmax_cross_entropy_with_integer_labels(
-      logits, jnp.where(known, labels, 0))
-  # The max(…, 1) keeps an all-unknown batch at exactly zero loss and zero gradient.
-  return jnp.sum(jnp.where(known, per_example, 0.0)) / jnp.maximum(jnp.sum(known), 1)
-
-
-def multitask_loss(logits: dict[str, jax.Array], batch: dict[str, jax.Array],
-                   gender_weight: float, age_weight: float) -> tuple[jax.Array, dict]:
-  """Weighted sum of the two heads' masked losses, plus the per-head terms."""
-  gender_loss = masked_cross_entropy(logits['gender'], batch['gender'])
-  age_loss = masked_cross_entropy(logits['age'], batch['age_group'])
-  loss = gender_weight * gender_loss + age_weight * age_loss
-  return loss, {'gender_loss': gender_loss, 'age_loss': age_loss}
 
 
 def _per_example_cross_entropy(logits, labels):

@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import optax
 
 from facialnet_jax import augment
+from facialnet_jax import losses
 from facialnet_jax import metrics as metrics_lib
+from facialnet_jax import mixup
 from facialnet_jax.train_state import NO_STEP, TrainState
 
 # Keys of a batch: uint8 images (B, S, S, C) and int32 labels, -1 where unknown.
@@ -26,8 +28,12 @@ def _variables(state: TrainState, params) -> dict:
   return variables
 
 
-def make_train_step(model, tx: optax.GradientTransformationExtraArgs, config) -> Callable:
+def make_train_step(model, tx: optax.GradientTransformationExtraArgs, config,
+                    class_weights: dict | None = None) -> Callable:
   """Returns train_step(state, batch) → (state, TrainMetrics).
+
+  `class_weights` ({'gender': (2,), 'age': (8,)}, from losses.class_weights) weigh each known
+  label's loss by its class; None weighs all alike.
 
   A step whose loss or gradient norm is not finite leaves the state untouched apart from the
   step counter and the non-finite counters, so the caller can stop (or go on) with good weights.
@@ -35,14 +41,19 @@ def make_train_step(model, tx: optax.GradientTransformationExtraArgs, config) ->
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, metrics_lib.TrainMetrics]:
     augment_key, dropout_key = step_keys(config.seed, state.step)
     images = augment.prepare_images(batch['image'], augment_key, config)
+    mix = mixup.draw(augment_key, images.shape[0], config.augment)
+    images = mixup.mix_images(images, mix)
 
     def loss_fn(params):
       mutable = ['batch_stats'] if state.batch_stats else False
       outputs = model.apply(_variables(state, params), images, train=True,
                             rngs={'dropout': dropout_key}, mutable=mutable)
       logits, updates = outputs if mutable else (outputs, {})
-      loss, _ = metrics_lib.multitask_loss(logits, batch, config.loss.gender_weight,
-                                           config.loss.age_weight)
+      # Looked up at each trace (not bound once) so tests can swap in a faulty loss.
+      loss, _ = mixup.mixed_loss(
+          lambda logits, labels: losses.multitask_loss(logits, labels, config.loss,
+                                                       class_weights),
+          logits, batch, mix)
       return loss, (logits, updates.get('batch_stats', state.batch_stats))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -64,9 +75,10 @@ def make_train_step(model, tx: optax.GradientTransformationExtraArgs, config) ->
             ~finite & (state.first_nonfinite_step == NO_STEP), state.step,
             state.first_nonfinite_step),
     )
+    scored = mixup.metric_labels(batch, mix)
     step_metrics = metrics_lib.TrainMetrics.single_from_model_output(
         loss=loss, gender_logits=logits['gender'], age_logits=logits['age'],
-        gender=batch['gender'], age_group=batch['age_group'])
+        gender=scored['gender'], age_group=scored['age_group'])
     return new_state, keep_if_finite(step_metrics, metrics_lib.TrainMetrics.empty())
 
   return train_step

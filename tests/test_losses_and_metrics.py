@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from facialnet_jax import metrics, models, steps, train_state
+from facialnet_jax import losses, metrics, models, steps, train_state
 from tests.conftest import tiny_config
 
 
@@ -14,12 +14,12 @@ def test_masked_cross_entropy_averages_over_known_labels_only():
   labels = jnp.array([0, -1, 1])
   expected = np.mean(optax.softmax_cross_entropy_with_integer_labels(
       logits[jnp.array([0, 2])], jnp.array([0, 1])))
-  np.testing.assert_allclose(metrics.masked_cross_entropy(logits, labels), expected, rtol=1e-6)
+  np.testing.assert_allclose(losses.masked_cross_entropy(logits, labels), expected, rtol=1e-6)
 
 
 def test_all_unknown_labels_give_zero_loss():
   logits = jnp.array([[2.0, 0.0], [0.0, 2.0]])
-  assert metrics.masked_cross_entropy(logits, jnp.array([-1, -1])) == 0.0
+  assert losses.masked_cross_entropy(logits, jnp.array([-1, -1])) == 0.0
 
 
 def test_batch_with_unknown_ages_trains_only_the_gender_head():
@@ -33,13 +33,13 @@ def test_batch_with_unknown_ages_trains_only_the_gender_head():
            'gender': jnp.array([0, 1, 1, 0], jnp.int32),
            'age_group': jnp.full((4,), -1, jnp.int32)}
 
-  def losses(params):
+  def loss_and_parts(params):
     images = steps.augment.prepare_images(batch['image'], None, config)
     logits = model.apply({'params': params}, images, train=True,
                          rngs={'dropout': jax.random.key(2)})
-    return metrics.multitask_loss(logits, batch, 1.0, 1.0)
+    return losses.multitask_loss(logits, batch, config.loss)
 
-  (loss, parts), grads = jax.jit(jax.value_and_grad(losses, has_aux=True))(state.params)
+  (loss, parts), grads = jax.jit(jax.value_and_grad(loss_and_parts, has_aux=True))(state.params)
   assert parts['age_loss'] == 0.0
   assert loss == parts['gender_loss'] > 0.0
   assert all(jnp.all(g == 0) for g in jax.tree.leaves(grads['age_head']))

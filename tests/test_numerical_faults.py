@@ -12,8 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from facialnet_jax import augment, checkpointing, sharding, steps, train
-from facialnet_jax import metrics as metrics_lib
+from facialnet_jax import augment, checkpointing, losses, sharding, steps, train
 from tests.conftest import tiny_config
 
 # One epoch of 8 steps, a checkpoint every 2: step index 5 fails, the host sees it at the stop
@@ -40,13 +39,13 @@ def _poison(monkeypatch, where: str, value: float, bad_step: int = BAD_STEP,
       (current['step'] >= bad_step) if every_step_after else (current['step'] == bad_step),
       value, 0.0)
   if where == 'loss':
-    original_loss = metrics_lib.multitask_loss
+    original_loss = losses.multitask_loss
 
     def multitask_loss(*args, **kwargs):
       loss, parts = original_loss(*args, **kwargs)
       return poison(loss), parts
 
-    monkeypatch.setattr(metrics_lib, 'multitask_loss', multitask_loss)
+    monkeypatch.setattr(losses, 'multitask_loss', multitask_loss)
   else:
     original_prepare = augment.prepare_images
 
