@@ -47,6 +47,9 @@ class HostSplit:
   def arrays(self) -> dict[str, np.ndarray]:
     return {'image': self.image, 'gender': self.gender, 'age_group': self.age_group}
 
+  def labels(self) -> dict[str, np.ndarray]:
+    return {'gender': self.gender, 'age_group': self.age_group}
+
   def select(self, mask: np.ndarray) -> 'HostSplit':
     return HostSplit(self.image[mask], self.gender[mask], self.age_group[mask],
                      self.subject_id[mask])

@@ -21,6 +21,8 @@ from facialnet_jax.metrics import UNKNOWN_LABEL
 PREFETCH_BATCHES = 3
 # Subject ids are read in chunks of this many examples, so a large split never sits in memory.
 _ID_CHUNK = 8192
+# Examples per read when all labels are wanted: their images pass through memory, a chunk at once.
+_LABEL_CHUNK = 1024
 
 
 class HostArraySource:
@@ -61,6 +63,14 @@ class StreamSplit:
       for key in ('gender', 'age_group'):
         batch[key][valid] = [example[key] for example in examples]
     return batch
+
+  def labels(self) -> dict[str, np.ndarray]:
+    """Every example's gender and age_group, read in chunks (images are read too, and
+    dropped: once per run, for the class weights)."""
+    chunks = [self.read(np.arange(start, min(start + _LABEL_CHUNK, len(self))))
+              for start in range(0, len(self), _LABEL_CHUNK)]
+    return {key: np.concatenate([chunk[key] for chunk in chunks] or [np.zeros(0, np.int32)])
+            for key in ('gender', 'age_group')}
 
 
 def from_host(split: input_pipeline.HostSplit) -> StreamSplit:

@@ -16,6 +16,7 @@ from facialnet_jax import config_checks
 from facialnet_jax import device_data
 from facialnet_jax import input_pipeline
 from facialnet_jax import interrupts
+from facialnet_jax import losses
 from facialnet_jax import models
 from facialnet_jax import optim
 from facialnet_jax import run_timing
@@ -158,9 +159,22 @@ def _check_finite(state, seen_nonfinite: int, config,
       'config.skip_nonfinite=True to skip such batches.')
 
 
+def _class_weights(config, train_split) -> dict | None:
+  """config.loss.class_balance's per-class weights from the training split's labels, logged
+  once; None when off."""
+  if not config.loss.class_balance:
+    return None
+  weights = losses.class_weights(train_split.labels(), config.loss.class_balance,
+                                 config.loss.class_balance_beta)
+  logging.info('Class weights (%s): %s', config.loss.class_balance, '; '.join(
+      f'{head} {w.astype(float).round(3).tolist()}' for head, w in weights.items()))
+  return weights
+
+
 def _feeds(config, splits, model, tx, mesh, start_step: int):
   """The training feed and the validation/test evaluators of the configured input pipeline."""
-  train_step = steps.make_train_step(model, tx, config)
+  train_step = steps.make_train_step(model, tx, config,
+                                     _class_weights(config, splits['train']))
   eval_step = steps.make_eval_step(model, config)
   if config.data.pipeline == 'streaming':
     feed = streaming.StreamingTrainFeed(train_step, splits['train'], config.batch_size,

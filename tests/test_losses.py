@@ -1,5 +1,6 @@
 """The training losses' options (label smoothing, ordinal and label-distribution age losses, class
-weights, mixup): each does what it says, unknown labels count nowhere, the defaults are the old loss."""
+weights, mixup): each does what it says, unknown labels count nowhere, the defaults are the old
+loss."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from facialnet_jax import config_checks, losses, mixup, models, optim, steps, train_state
+from facialnet_jax import (config_checks, input_pipeline, losses, mixup, models, optim, steps,
+                           streaming, train_state)
 from facialnet_jax.errors import UserError
 from tests.conftest import tiny_config
 
@@ -154,6 +156,18 @@ def test_class_weights_are_one_on_a_balanced_set_and_lift_the_rare_class():
   np.testing.assert_allclose(losses.class_weights(skewed, 'inverse_sqrt')['gender'],
                              np.array([1 / 3, 1]) / np.mean([1 / 3] * 90 + [1] * 10), rtol=1e-6)
   assert losses.class_weights(skewed, '') is None
+
+
+def test_both_pipelines_splits_give_their_labels_for_the_class_weights():
+  rng = np.random.default_rng(0)
+  host = input_pipeline.HostSplit(
+      np.zeros((2500, 2, 2, 1), np.uint8), rng.integers(-1, 2, 2500).astype(np.int32),
+      rng.integers(-1, 8, 2500).astype(np.int32), np.arange(2500).astype(str))
+  for split in (host, streaming.from_host(host)):
+    labels = split.labels()
+    assert set(labels) == {'gender', 'age_group'}
+    np.testing.assert_array_equal(labels['gender'], host.gender)
+    np.testing.assert_array_equal(labels['age_group'], host.age_group)
 
 
 def test_class_weights_scale_each_known_example_by_its_class():
