@@ -1,0 +1,128 @@
+"""Scores face detection and prediction on a folder of photos against a ground-truth JSON.
+
+  python benchmarks/score_photos.py --workdir W --ground_truth ../shared/data/fairface-dev/\
+ground_truth.json [--checkpoint best] [--flip] [--min_face_size 40] [--min_confidence 0.9]
+      [--output scores.json]
+  python benchmarks/score_photos.py --ground_truth GT.json --predictions predict_output.json
+
+The ground truth is a list of {"filename", "gender": "Male"|"Female", "age": "30-39" | "70+" |
+"more than 70"} (fairface-dev's format), the photos beside it. Reports the share of photos with a
+face, the share with more than one (every face that passes the thresholds), and, on the largest
+face of each photo with a face, gender accuracy and age-group agreement: the predicted Adience
+group overlaps the labelled decade. The first form runs predict's own pipeline (after a warm-up
+that compiles the network) and times it end to end: reading, detection, alignment and network.
+The second scores a JSON that `python -m facialnet_jax.predict --output_json` wrote (any version
+of it), so other detectors or older code go through the same scorer.
+"""
+
+import json
+import os
+import re
+import sys
+import time
+
+import numpy as np
+from absl import app
+from absl import flags
+
+from facialnet_jax import age_groups
+from facialnet_jax import face_detection
+from facialnet_jax import predict
+from facialnet_jax import restore
+
+flags.DEFINE_string('ground_truth', None, 'ground_truth.json of the photos (beside them).')
+flags.DEFINE_string('workdir', None, 'Training run whose checkpoint predicts.')
+flags.DEFINE_string('checkpoint', restore.BEST, 'latest, best or a step number.')
+flags.DEFINE_string('predictions', None, 'Score this predict --output_json file instead of '
+                    'running prediction.')
+flags.DEFINE_bool('flip', False, 'Flip test-time augmentation.')
+flags.DEFINE_integer('min_face_size', face_detection.DEFAULT_MIN_FACE_SIZE, 'As predict.')
+flags.DEFINE_float('min_confidence', face_detection.DEFAULT_MIN_CONFIDENCE, 'As predict.')
+flags.DEFINE_integer('batch_size', predict.DEFAULT_BATCH_SIZE, 'As predict.')
+flags.DEFINE_string('output', None, 'Write the scores to this JSON file.')
+FLAGS = flags.FLAGS
+
+_DECADE_RE = re.compile(r'^\s*(\d+)\s*-\s*(\d+)\s*$')
+_OPEN_DECADE_RE = re.compile(r'^\s*(?:more than\s*(\d+)|(\d+)\s*\+)\s*$')
+
+
+def decade_years(label: str) -> tuple[int, float]:
+  """'30-39' → (30, 39); '70+' and 'more than 70' → (70, inf)."""
+  match = _DECADE_RE.match(label)
+  if match:
+    return int(match.group(1)), int(match.group(2))
+  match = _OPEN_DECADE_RE.match(label)
+  if match:
+    return int(match.group(1) or match.group(2)), float('inf')
+  raise ValueError(f'unknown age label {label!r}')
+
+
+def age_agrees(group_name: str, decade: str) -> bool:
+  """Whether the Adience group (e.g. '25-32', '60-100') overlaps the decade's years."""
+  low, high = age_groups.AGE_GROUP_YEARS[age_groups.AGE_GROUP_NAMES.index(group_name)]
+  first, last = decade_years(decade)
+  return low <= last and (high is None or high >= first)
+
+
+def score(truth: list[dict], photos: dict[str, dict]) -> dict:
+  """The four numbers, from predict's per-photo JSON keyed by file name."""
+  found = extra = gender_right = age_right = 0
+  for row in truth:
+    faces = photos.get(row['filename'], {}).get('faces') or []
+    if not faces:
+      continue
+    found += 1
+    extra += len(faces) > 1
+    largest = max(faces, key=lambda face: face['box']['width'] * face['box']['height'])
+    gender_right += largest['gender'] == row['gender'].lower()
+    age_right += age_agrees(largest['age_group'], row['age'])
+  count = len(truth)
+  return {'photos': count, 'found_percent': 100 * found / count,
+          'extra_faces_percent': 100 * extra / count,
+          'gender_accuracy_percent': 100 * gender_right / max(found, 1),
+          'age_agreement_percent': 100 * age_right / max(found, 1)}
+
+
+def run_prediction(paths: list[str]) -> tuple[dict[str, dict], dict]:
+  start = time.perf_counter()
+  run = restore.restore_run(FLAGS.workdir, FLAGS.checkpoint)
+  predictor = predict.make_predictor(run, FLAGS.batch_size, FLAGS.flip)
+  predictor(np.zeros((1, run.stored_image_size, run.stored_image_size, run.channels), np.uint8))
+  options = predict.Options(min_face_size=FLAGS.min_face_size,
+                            min_confidence=FLAGS.min_confidence)
+  # The detector's first call sets OpenCV's networks up: part of start-up too.
+  face_detection.detect_faces(np.zeros((64, 64, 3), np.uint8))
+  started = time.perf_counter()
+  results = list(predict.predict_photos(paths, run, predictor, options,
+                                        batch_size=FLAGS.batch_size))
+  seconds = time.perf_counter() - started
+  timing = {'model': run.describe(), 'step': run.step, 'flip': FLAGS.flip,
+            'min_face_size': FLAGS.min_face_size, 'min_confidence': FLAGS.min_confidence,
+            'startup_seconds': round(started - start, 2), 'seconds': round(seconds, 2),
+            'photos_per_second': round(len(paths) / seconds, 2),
+            'load_average_1min': round(os.getloadavg()[0], 2), 'cpus': os.cpu_count()}
+  return {os.path.basename(r.photo): r.to_json() for r in results}, timing
+
+
+def main(argv):
+  del argv
+  if not FLAGS.ground_truth or not (FLAGS.workdir or FLAGS.predictions):
+    sys.exit('error: give --ground_truth and either --workdir or --predictions')
+  with open(FLAGS.ground_truth, encoding='utf-8') as f:
+    truth = json.load(f)
+  folder = os.path.dirname(os.path.abspath(FLAGS.ground_truth))
+  if FLAGS.predictions:
+    with open(FLAGS.predictions, encoding='utf-8') as f:
+      photos = {os.path.basename(p['photo']): p for p in json.load(f)['photos']}
+    extra = {'predictions': FLAGS.predictions}
+  else:
+    photos, extra = run_prediction([os.path.join(folder, row['filename']) for row in truth])
+  scores = {**score(truth, photos), **extra}
+  print(json.dumps(scores, indent=2))
+  if FLAGS.output:
+    with open(FLAGS.output, 'w', encoding='utf-8') as f:
+      json.dump(scores, f, indent=2)
+
+
+if __name__ == '__main__':
+  app.run(main)
