@@ -71,6 +71,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.optimizer.nesterov = False
   config.optimizer.weight_decay = 0.01  # the paper's L2; 5e-4 fitted better on UTKFace
   config.optimizer.grad_clip_norm = 0.0  # 0 = no clipping
+  # Fine-tuning (config.init_from): the backbone's learning rate is the schedule's times this,
+  # and it does not move at all for the first freeze_backbone_epochs (the heads learn first).
+  config.optimizer.backbone_learning_rate_scale = 1.0
+  config.optimizer.freeze_backbone_epochs = 0.0
 
   config.schedule = ml_collections.ConfigDict()
   # 'constant', 'piecewise', 'cosine' (with linear warm-up) or 'plateau' (the paper's: lower the
@@ -86,6 +90,23 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.schedule.plateau_rtol = 1e-3
   config.schedule.plateau_epochs = 1.0  # the loss is averaged over this many epochs
   config.schedule.plateau_min_scale = 1e-3
+
+  # Fine-tuning: start from the parameters of another run's checkpoint (its workdir; '' = from
+  # scratch), 'best' or 'latest'; init_heads=False takes the backbone only and the heads start
+  # fresh (for a new data set whose labels mean something else). Its model must match.
+  config.init_from = ''
+  config.init_checkpoint = 'best'
+  config.init_heads = True
+
+  config.ema = ml_collections.ConfigDict()
+  # Exponential moving average of the weights, kept beside them (checkpointed); validation, the
+  # best-checkpoint choice, the test report, evaluate and predict use it when on. 0 = off.
+  # The decay warms up as min(decay, (1 + step) / (10 + step)), so early epochs' averages are
+  # not dominated by the random initialisation.
+  config.ema.decay = 0.0
+  # Test-time augmentation: the final report (and evaluate --flip) also scores the mean of each
+  # image's and its mirror's probabilities, reported beside the plain numbers.
+  config.flip_test = False
 
   config.batch_size = 25
   config.eval_batch_size = 250

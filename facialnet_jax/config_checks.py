@@ -1,5 +1,7 @@
 """Checks of config values that types alone cannot catch, each failing with a one-line fix."""
 
+import os
+
 from facialnet_jax import folds
 from facialnet_jax import losses
 from facialnet_jax import optim
@@ -10,7 +12,8 @@ _POSITIVE_INTS = ('batch_size', 'eval_batch_size', 'num_epochs',
 _NON_NEGATIVE = ('optimizer.learning_rate', 'optimizer.weight_decay', 'optimizer.grad_clip_norm',
                  'checkpoint.every_steps', 'checkpoint.every_epochs', 'steps_per_dispatch',
                  'loss.gender_weight', 'loss.age_weight', 'schedule.warmup_epochs',
-                 'profile_steps', 'max_skipped_steps', 'augment.mixup_alpha')
+                 'profile_steps', 'max_skipped_steps', 'augment.mixup_alpha',
+                 'optimizer.backbone_learning_rate_scale', 'optimizer.freeze_backbone_epochs')
 _CHOICES = {
     'data.pipeline': ('device', 'streaming'),
     'data.source': ('tfds', 'synthetic'),
@@ -40,6 +43,16 @@ def check_config(config) -> None:
   for key, choices in _CHOICES.items():
     if _get(config, key) not in choices:
       raise UserError(f'config.{key}={_get(config, key)!r} is not one of {", ".join(choices)}.')
+  if not 0 <= config.ema.decay < 1:
+    raise UserError(f'config.ema.decay={config.ema.decay} must be in [0, 1) (0 = off; 0.999 is '
+                    'usual).')
+  if config.init_from:
+    if not os.path.isdir(os.path.expanduser(config.init_from)):
+      raise UserError(f'config.init_from={config.init_from} does not exist; give the workdir of '
+                      'a training run to start from (or \'\' to train from scratch).')
+    if config.init_checkpoint not in ('best', 'latest') and not config.init_checkpoint.isdigit():
+      raise UserError(f'config.init_checkpoint={config.init_checkpoint!r}: use best, latest or a '
+                      'step number.')
   if not 0 <= config.optimizer.momentum < 1:
     raise UserError(f'config.optimizer.momentum={config.optimizer.momentum} must be in [0, 1).')
   if not 0 < config.data.validation_fraction < 1 and not config.data.validation_split:

@@ -64,6 +64,9 @@ class Evaluation:
   metrics: dict[str, float | None]  # EvalMetrics over every example (None: no such label)
   confusion: dict[str, np.ndarray]  # head → [true, predicted] counts
   probabilities: dict[str, np.ndarray]  # head → (N, classes)
+  flip: bool = False  # each image's probabilities averaged with its mirror image's
+  # With `flip`: the same checkpoint's metrics without it, reported beside.
+  plain_metrics: dict[str, float | None] | None = None
 
   def to_json(self) -> dict:
     per_class = {head: report.per_class_precision_recall(matrix, report.CLASS_NAMES[head])
@@ -76,7 +79,9 @@ class Evaluation:
                  'split': self.data.split_name, 'tfds_split': self.data.tfds_split},
         'num_examples': len(self.data.split),
         'num_labelled': {head: int(matrix.sum()) for head, matrix in self.confusion.items()},
+        'flip_test_time_augmentation': self.flip,
         **self.metrics,
+        **({'without_flip': self.plain_metrics} if self.plain_metrics else {}),
         'per_class': per_class,
         'confusion_matrices': {head: {'classes': list(report.CLASS_NAMES[head]),
                                       'rows_true_columns_predicted': matrix.tolist()}
@@ -84,9 +89,16 @@ class Evaluation:
     }
 
   def summary_line(self) -> str:
-    return (f'gender {report.format_percent(self.metrics["gender_accuracy"])}%, age exact '
-            f'{report.format_percent(self.metrics["age_accuracy"])}%, age 1-off '
-            f'{report.format_percent(self.metrics["age_one_off_accuracy"])}%')
+    line = _summary(self.metrics)
+    if self.plain_metrics:
+      line = f'with flip {line}; without {_summary(self.plain_metrics)}'
+    return line
+
+
+def _summary(metrics: dict[str, float | None]) -> str:
+  return (f'gender {report.format_percent(metrics["gender_accuracy"])}%, age exact '
+          f'{report.format_percent(metrics["age_accuracy"])}%, age 1-off '
+          f'{report.format_percent(metrics["age_one_off_accuracy"])}%')
 
 
 def _data_config(run_config: ml_collections.ConfigDict, dataset: str | None,
@@ -136,27 +148,37 @@ def load_evaluation_data(run: restore.RestoredRun, split: str = 'test', dataset:
 
 
 def evaluate(run: restore.RestoredRun, data: EvaluationData,
-             batch_size: int | None = None) -> Evaluation:
-  """Evaluates every example of `data` (the last batch is padded and masked, none dropped)."""
+             batch_size: int | None = None, flip: bool = False) -> Evaluation:
+  """Evaluates every example of `data` (the last batch is padded and masked, none dropped).
+
+  With `flip` the reported metrics and probabilities average each image with its mirror
+  image, and the plain metrics are kept beside them (Evaluation.plain_metrics).
+  """
   split = data.split
   if len(split) == 0:
     raise UserError(f'{data.describe()} is empty: nothing to evaluate.')
   restore.check_images_fit(run, split.image, data.dataset)
   batch_size = batch_size or run.config.eval_batch_size
   sharding.check_divisible(batch_size, run.mesh, 'batch_size')
-  evaluator = device_data.DeviceEvaluator(steps.make_eval_step(run.model, run.config),
-                                          split.arrays(), batch_size, run.mesh)
-  collection, probabilities = evaluator(run.state)
-  metrics = {name: float(value)
-             for name, value in jax.device_get(collection).compute().items()}
-  metrics = {name: None if math.isnan(value) else value for name, value in metrics.items()}
+  arrays = split.arrays()
+  results = {}
+  for flipped in sorted({False, flip}):
+    evaluator = device_data.DeviceEvaluator(
+        steps.make_eval_step(run.model, run.config, flip=flipped), arrays, batch_size, run.mesh)
+    collection, probabilities = evaluator(run.state)
+    metrics = {name: float(value)
+               for name, value in jax.device_get(collection).compute().items()}
+    results[flipped] = ({name: None if math.isnan(value) else value
+                         for name, value in metrics.items()}, probabilities)
+  metrics, probabilities = results[flip]
   probabilities = {head: np.asarray(jax.device_get(p)) for head, p in probabilities.items()}
   confusion = {
       head: report.confusion_matrix(getattr(split, LABEL_KEYS[head]),
                                     probabilities[head].argmax(axis=-1),
                                     len(report.CLASS_NAMES[head]))
       for head in ('gender', 'age')}
-  return Evaluation(run, data, metrics, confusion, probabilities)
+  return Evaluation(run, data, metrics, confusion, probabilities, flip,
+                    results[False][0] if flip else None)
 
 
 def _safe_name(text: str) -> str:
@@ -168,6 +190,8 @@ def default_output_dir(evaluation: Evaluation) -> str:
   name = f'{data.dataset}_{data.split_name}_{run.checkpoint}'
   if not run.checkpoint.isdigit():
     name += f'-step{run.step}'
+  if evaluation.flip:
+    name += '_flip'
   return os.path.join(run.workdir, 'evaluation', _safe_name(name))
 
 
@@ -222,6 +246,9 @@ def define_flags() -> None:
                       'rgb75, rgb96); default: the training one.')
   flags.DEFINE_string('data_dir', None,
                       'TFDS data_dir of the data set; default: the training one.')
+  flags.DEFINE_bool('flip', None, 'Average each image\'s probabilities with its mirror '
+                    'image\'s (test-time augmentation), reported beside the plain numbers; '
+                    'default: the run\'s config.flip_test.')
   flags.DEFINE_integer('batch_size', None, 'Evaluation batch size; default: the run\'s '
                        'config.eval_batch_size.')
   flags.DEFINE_string('output_dir', None, 'Where to write; default: '
@@ -239,7 +266,8 @@ def main(argv):
   data = load_evaluation_data(run, FLAGS.split, FLAGS.dataset, FLAGS.builder_config,
                               FLAGS.data_dir)
   logging.info('Evaluating on %s.', data.describe())
-  evaluation = evaluate(run, data, FLAGS.batch_size)
+  flip = FLAGS.flip if FLAGS.flip is not None else bool(run.config.get('flip_test', False))
+  evaluation = evaluate(run, data, FLAGS.batch_size, flip)
   output_dir = FLAGS.output_dir or default_output_dir(evaluation)
   written = write_evaluation(evaluation, output_dir)
   print(f'{data.describe()}, {run.describe()}: {evaluation.summary_line()}.')

@@ -1,6 +1,7 @@
 """The optax optimiser of the paper (SGD, momentum, L2 weight decay) and its learning-rate schedules."""
 
 import jax
+import jax.numpy as jnp
 import optax
 
 SCHEDULES = ('constant', 'piecewise', 'cosine', 'plateau')
@@ -36,7 +37,8 @@ def create_learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedul
 
 
 def create_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
-  """Gradient clipping (optional) → L2 weight decay → SGD with momentum → reduce-on-plateau.
+  """Gradient clipping (optional) → L2 weight decay → SGD with momentum → reduce-on-plateau →
+  (fine-tuning only) the backbone's updates scaled or frozen.
 
   Weight decay is added to the gradient before momentum, as L2 regularisation in Keras and
   PyTorch's SGD(weight_decay=…) does. The optimiser's `update` takes `value=loss`, which only
@@ -59,7 +61,25 @@ def create_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformati
         rtol=plateau.plateau_rtol, cooldown=plateau.plateau_cooldown,
         accumulation_size=max(1, int(plateau.plateau_epochs * steps_per_epoch)),
         min_scale=plateau.plateau_min_scale))
+  backbone_scale = backbone_update_scale(config, steps_per_epoch)
+  if backbone_scale is not None:
+    # The last stage, so every other part (and reduce-on-plateau's single `scale`) is shared.
+    parts.append(optax.multi_transform(
+        {'backbone': optax.scale_by_schedule(backbone_scale), 'heads': optax.identity()},
+        lambda params: {name: 'backbone' if name == 'backbone' else 'heads' for name in params}))
   return optax.chain(*parts)
+
+
+def backbone_update_scale(config, steps_per_epoch: int) -> optax.Schedule | None:
+  """Step → factor on the backbone's updates when fine-tuning: 0 for the first
+  config.optimizer.freeze_backbone_epochs, config.optimizer.backbone_learning_rate_scale after;
+  None when both are their defaults (every parameter learns at the schedule's rate)."""
+  opt = config.optimizer
+  scale = opt.get('backbone_learning_rate_scale', 1.0)
+  frozen_steps = int(round(opt.get('freeze_backbone_epochs', 0) * steps_per_epoch))
+  if scale == 1.0 and frozen_steps == 0:
+    return None
+  return lambda step: jnp.where(step < frozen_steps, 0.0, scale)
 
 
 def current_learning_rate(config, steps_per_epoch: int, step: jax.Array,

@@ -132,7 +132,8 @@ def abstract_train_state(config: ml_collections.ConfigDict, meta: dict,
   tx = optim.create_optimizer(config, int(meta['steps_per_epoch']))
   shapes = jax.eval_shape(
       lambda: train_state_lib.create_train_state(model, tx, jax.random.key(0),
-                                                 tuple(meta['image_shape'])))
+                                                 tuple(meta['image_shape']),
+                                                 train_state_lib.uses_ema(config)))
   replicated = sharding.replicated(mesh)
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
                       shapes)

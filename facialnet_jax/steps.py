@@ -28,6 +28,19 @@ def _variables(state: TrainState, params) -> dict:
   return variables
 
 
+def eval_params(state: TrainState):
+  """The parameters evaluation uses: the moving average when the run keeps one, else the
+  trained ones."""
+  return state.ema_params if state.ema_params is not None else state.params
+
+
+def ema_decay(config, step: jax.Array) -> jax.Array:
+  """The moving average's decay at `step`: config.ema.decay, lower early on (the warm-up of
+  TensorFlow's ExponentialMovingAverage with num_updates) so the first epochs are averaged over
+  their own steps rather than pinned to the random initialisation."""
+  return jnp.minimum(config.ema.decay, (1.0 + step) / (10.0 + step))
+
+
 def make_train_step(model, tx: optax.GradientTransformationExtraArgs, config,
                     class_weights: dict | None = None) -> Callable:
   """Returns train_step(state, batch) → (state, TrainMetrics).
@@ -65,6 +78,11 @@ def make_train_step(model, tx: optax.GradientTransformationExtraArgs, config,
     # optax 0.2.8) and only calls optax.tree.norm, so the numbers are the same.
     finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
     keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    ema_params = state.ema_params
+    if ema_params is not None:
+      ema_params = keep_if_finite(
+          optax.incremental_update(params, ema_params, 1 - ema_decay(config, state.step)),
+          ema_params)
     new_state = state.replace(
         step=state.step + 1,
         params=keep_if_finite(params, state.params),
@@ -74,6 +92,7 @@ def make_train_step(model, tx: optax.GradientTransformationExtraArgs, config,
         first_nonfinite_step=jnp.where(
             ~finite & (state.first_nonfinite_step == NO_STEP), state.step,
             state.first_nonfinite_step),
+        ema_params=ema_params,
     )
     scored = mixup.metric_labels(batch, mix)
     step_metrics = metrics_lib.TrainMetrics.single_from_model_output(
@@ -84,15 +103,27 @@ def make_train_step(model, tx: optax.GradientTransformationExtraArgs, config,
   return train_step
 
 
-def make_eval_step(model, config) -> Callable:
-  """Returns eval_step(state, batch) → (EvalMetrics, {'gender', 'age'} class probabilities)."""
+def make_eval_step(model, config, flip: bool = False) -> Callable:
+  """Returns eval_step(state, batch) → (EvalMetrics, {'gender', 'age'} class probabilities).
+
+  With `flip` each image's probabilities are the mean of its own and its mirror image's
+  (test-time augmentation); the metrics then score those averaged probabilities.
+  """
   def eval_step(state: TrainState, batch: dict):
     images = augment.prepare_images(batch['image'], None, config)
-    logits = model.apply(_variables(state, state.params), images, train=False)
+    variables = _variables(state, eval_params(state))
+    logits = model.apply(variables, images, train=False)
+    probabilities = {head: jax.nn.softmax(head_logits) for head, head_logits in logits.items()}
+    if flip:
+      mirrored = model.apply(variables, jnp.flip(images, axis=2), train=False)
+      probabilities = {head: (p + jax.nn.softmax(mirrored[head])) / 2
+                       for head, p in probabilities.items()}
+      # Log-probabilities as logits: the loss is the averaged prediction's cross-entropy and
+      # argmax (accuracy) is unchanged by the log.
+      logits = {head: jnp.log(p) for head, p in probabilities.items()}
     step_metrics = metrics_lib.EvalMetrics.single_from_model_output(
         gender_logits=logits['gender'], age_logits=logits['age'],
         gender=batch['gender'], age_group=batch['age_group'])
-    probabilities = {head: jax.nn.softmax(head_logits) for head, head_logits in logits.items()}
     return step_metrics, probabilities
 
   return eval_step

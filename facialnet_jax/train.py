@@ -14,6 +14,7 @@ from facialnet_jax import checkpointing
 from facialnet_jax import compilation_cache
 from facialnet_jax import config_checks
 from facialnet_jax import device_data
+from facialnet_jax import fine_tune
 from facialnet_jax import input_pipeline
 from facialnet_jax import interrupts
 from facialnet_jax import losses
@@ -97,10 +98,13 @@ def _hold_workdir(workdir: str):
 
 def run_identity(config) -> dict:
   """What a resumed run must share with the run that wrote the checkpoint: the data (where
-  they are stored may move), the seed and the batch size, which fix the sample order."""
+  they are stored may move), the seed and the batch size, which fix the sample order, and
+  whether the state holds a moving average."""
   data = config.data.to_dict()
   data.pop('data_dir')
-  return {'data': data, 'seed': config.seed, 'batch_size': config.batch_size}
+  return {'data': data, 'seed': config.seed, 'batch_size': config.batch_size,
+          # The moving average is part of the checkpointed state: on or off cannot change.
+          'ema': train_state_lib.uses_ema(config)}
 
 
 def _resume(checkpoints: checkpointing.RunCheckpoints, state, epoch_steps: int, config):
@@ -175,19 +179,23 @@ def _feeds(config, splits, model, tx, mesh, start_step: int):
   """The training feed and the validation/test evaluators of the configured input pipeline."""
   train_step = steps.make_train_step(model, tx, config,
                                      _class_weights(config, splits['train']))
-  eval_step = steps.make_eval_step(model, config)
+  # name → (split, flip test-time augmentation); the flipped ones only for the final report.
+  evaluations = {'validation': ('validation', False), 'test': ('test', False)}
+  if config.flip_test:
+    evaluations |= {'validation_flip': ('validation', True), 'test_flip': ('test', True)}
   if config.data.pipeline == 'streaming':
     feed = streaming.StreamingTrainFeed(train_step, splits['train'], config.batch_size,
                                         config.seed, mesh, start_step)
-    return feed, {name: streaming.StreamingEvaluator(eval_step, splits[name],
-                                                     config.eval_batch_size, mesh)
-                  for name in ('validation', 'test')}
+    return feed, {name: streaming.StreamingEvaluator(
+        steps.make_eval_step(model, config, flip), splits[split], config.eval_batch_size, mesh)
+                  for name, (split, flip) in evaluations.items()}
   feed = device_data.DeviceTrainFeed(train_step, splits['train'].arrays(), config.batch_size,
                                      config.seed, mesh,
                                      device_data.dispatch_steps(config.steps_per_dispatch))
-  return feed, {name: device_data.DeviceEvaluator(eval_step, splits[name].arrays(),
-                                                  config.eval_batch_size, mesh)
-                for name in ('validation', 'test')}
+  arrays = {split: splits[split].arrays() for split in ('validation', 'test')}
+  return feed, {name: device_data.DeviceEvaluator(
+      steps.make_eval_step(model, config, flip), arrays[split], config.eval_batch_size, mesh)
+                for name, (split, flip) in evaluations.items()}
 
 
 def _train_until(feed, state, step: int, stop: int, dispatch: int,
@@ -258,7 +266,8 @@ def _train_and_evaluate(config, workdir: str, clock: compilation_cache.CompileCl
 
     model = models.create_model(config.model)
     tx = optim.create_optimizer(config, epoch_steps)
-    state = train_state_lib.create_train_state_on_mesh(model, tx, config.seed, image_shape, mesh)
+    state = train_state_lib.create_train_state_on_mesh(model, tx, config.seed, image_shape, mesh,
+                                                       train_state_lib.uses_ema(config))
     logging.info('FacialNet: %d parameters; %d devices (%s); batch %d; %d steps per epoch; '
                  'compilation cache %s.', sum(x.size for x in jax.tree.leaves(state.params)),
                  jax.device_count(), jax.devices()[0].platform, config.batch_size, epoch_steps,
@@ -267,6 +276,8 @@ def _train_and_evaluate(config, workdir: str, clock: compilation_cache.CompileCl
     checkpoints = checkpointing.RunCheckpoints(workdir, config.checkpoint.keep,
                                                config.checkpoint.best_metric)
     state = _resume(checkpoints, state, epoch_steps, config)
+    if config.init_from and int(jax.device_get(state.step)) == 0:
+      state = fine_tune.initialise_from(config, state, channels, mesh)
     checkpoints.check_free_space(state)
     step = int(jax.device_get(state.step))
     save_config(config, workdir)
@@ -373,9 +384,10 @@ def _train_and_evaluate(config, workdir: str, clock: compilation_cache.CompileCl
   if jax.process_index() == 0:
     write_atomically(os.path.join(workdir, RESULTS_FILE),
                      json.dumps(results, indent=2, sort_keys=True))
-  for name, values in results['test'].items():
-    logging.info('Test (%s checkpoint, step %d): %s', name, values['step'],
-                 _format_metrics(values))
+  for split in sorted(results.keys() & {'test', 'test_flip'}):
+    for name, values in results[split].items():
+      logging.info('Test%s (%s checkpoint, step %d): %s', ' with flip' if 'flip' in split else '',
+                   name, values['step'], _format_metrics(values))
   logging.info('%s', timer.summary_line())
   return results
 
@@ -384,16 +396,18 @@ def final_evaluation(config, checkpoints, state, evaluators) -> dict:
   """Test metrics of the final state and of the best-by-validation checkpoint.
 
   The test split is evaluated only here, once training has finished, so nothing about the
-  run was chosen by looking at it.
+  run was chosen by looking at it. With config.flip_test, 'validation_flip' and 'test_flip'
+  hold the same with flip test-time augmentation. With config.ema.decay the evaluated
+  parameters are the moving average (steps.eval_params).
   """
-  results = {'test': {}, 'validation': {}}
+  results = {split: {} for split in evaluators}
   candidates = {'final': state}
   best = checkpointing.restore_best(checkpoints.best, checkpointing.abstract_like(state))
   if best is not None:
     candidates['best'] = best[0]
   for name, candidate in candidates.items():
     at_step = int(jax.device_get(candidate.step))
-    for split in ('validation', 'test'):
+    for split in evaluators:
       values = _host_metrics(evaluators[split](candidate)[0])
       results[split][name] = values | {'step': at_step}
   results['best_metric'] = f'validation {config.checkpoint.best_metric}'

@@ -22,11 +22,21 @@ class TrainState:
   # Steps whose loss or gradients were NaN/inf: their update was not applied.
   nonfinite_steps: jax.Array
   first_nonfinite_step: jax.Array
+  # The exponential moving average of `params` (config.ema.decay > 0), else None. Evaluation
+  # uses it when present (steps.eval_params).
+  ema_params: Any = None
+
+
+def uses_ema(config) -> bool:
+  """Whether the run keeps a moving average of its parameters (configs from before the
+  setting existed: no)."""
+  return float(config.get('ema', {}).get('decay', 0.0)) > 0
 
 
 def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
-                       image_shape: tuple[int, int, int]) -> TrainState:
-  """Initialises parameters and optimiser state (call under jit to build them on device)."""
+                       image_shape: tuple[int, int, int], ema: bool = False) -> TrainState:
+  """Initialises parameters and optimiser state (call under jit to build them on device); with
+  `ema` the moving average starts at the initial parameters."""
   variables = model.init({'params': rng}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
   params = variables['params']
   return TrainState(
@@ -36,13 +46,15 @@ def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
       opt_state=tx.init(params),
       nonfinite_steps=jnp.zeros((), jnp.int32),
       first_nonfinite_step=jnp.full((), NO_STEP, jnp.int32),
+      ema_params=jax.tree.map(jnp.copy, params) if ema else None,
   )
 
 
 def create_train_state_on_mesh(model, tx: optax.GradientTransformation, seed: int,
-                               image_shape: tuple[int, int, int], mesh) -> TrainState:
+                               image_shape: tuple[int, int, int], mesh,
+                               ema: bool = False) -> TrainState:
   """Builds the state directly on the devices, replicated over the mesh (nothing built on the
   host and copied)."""
-  init = jax.jit(lambda rng: create_train_state(model, tx, rng, image_shape),
+  init = jax.jit(lambda rng: create_train_state(model, tx, rng, image_shape, ema),
                  out_shardings=sharding.replicated(mesh))
   return init(jax.random.key(seed))
