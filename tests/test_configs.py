@@ -42,6 +42,16 @@ def test_utkface_config_is_the_measured_recipe_and_scales_with_the_batch():
   assert large.schedule.warmup_epochs == 5.0
 
 
+def test_adience_transfer_starts_every_fold_from_the_named_run():
+  config = _load('adience_transfer').get_config('runs/utk_b250')
+  assert config.init_from == 'runs/utk_b250' and config.init_checkpoint == 'best'
+  assert config.init_heads and config.data.name == 'tfds_adience'
+  assert _load('adience_transfer').get_config().init_from == 'runs/utkface'
+
+
 @pytest.mark.parametrize('path', CONFIG_FILES, ids=lambda path: path.stem)
-def test_every_config_file_passes_the_config_checks(path):
-  config_checks.check_config(_load(path.stem).get_config())
+def test_every_config_file_passes_the_config_checks(path, tmp_path):
+  config = _load(path.stem).get_config()
+  if config.init_from:  # checked to exist: stand in a directory for the run to start from
+    config.init_from = str(tmp_path)
+  config_checks.check_config(config)
