@@ -1,6 +1,7 @@
 """Orbax checkpoints of a run: the latest few (for resuming) and the best by a validation metric."""
 
 import contextlib
+import dataclasses
 import errno
 import os
 import re
@@ -246,9 +247,10 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state) -> tuple[
   Raises UserError when the checkpoint holds another model's or optimiser's arrays; any other
   exception means the checkpoint cannot be read (damaged or incomplete).
   """
+  target, rebuild = _target_as_stored(manager, step, abstract_state)
   try:
     restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
   except Exception:
     mismatch = model_mismatch(manager, step, abstract_state)
     if mismatch is None:
@@ -257,7 +259,28 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state) -> tuple[
                     f'different model or optimiser configuration ({mismatch}); use a new '
                     '--workdir or the config it was trained with (saved as config.json beside '
                     'it).') from None
-  return restored.state, restored.meta
+  return rebuild(restored.state), restored.meta
+
+
+def _target_as_stored(manager: ocp.CheckpointManager, step: int, abstract_state):
+  """(restore target, restored → state). Checkpoints written before the state gained an
+  optional field (TrainState.ema_params) do not hold it: when this state has it unset (None),
+  such a checkpoint restores into the other fields and gets it back as None."""
+  unset = [field.name for field in dataclasses.fields(abstract_state)
+           if getattr(abstract_state, field.name) is None] if dataclasses.is_dataclass(
+               abstract_state) else []
+  if unset:
+    try:
+      stored = set(manager.item_metadata(step)['state'].keys())
+    except Exception:  # pylint: disable=broad-except
+      stored = None  # Unreadable: the restore below reports it.
+    missing = [name for name in unset if stored is not None and name not in stored]
+    if missing:
+      fields = {field.name: getattr(abstract_state, field.name)
+                for field in dataclasses.fields(abstract_state) if field.name not in missing}
+      return fields, lambda restored: type(abstract_state)(**restored,
+                                                           **dict.fromkeys(missing))
+  return abstract_state, lambda restored: restored
 
 
 def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> list[str]:

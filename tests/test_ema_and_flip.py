@@ -134,3 +134,25 @@ def test_resuming_with_the_moving_average_switched_is_refused(ema_flip_run, tmp_
   workdir, _ = ema_flip_run
   with pytest.raises(train.UserError, match='ema'):
     train.train_and_evaluate(tiny_config(**{'num_epochs': 3}), workdir)
+
+
+def test_checkpoints_from_before_the_moving_average_existed_still_restore(tmp_path):
+  """Runs trained before TrainState had ema_params saved no such field: they restore with it
+  unset, array for array."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  from facialnet_jax import checkpointing  # pylint: disable=import-outside-toplevel
+  config = tiny_config()
+  _, _, state = _state(config)
+  legacy = {field.name: getattr(state, field.name) for field in dataclasses.fields(state)
+            if field.name != 'ema_params'}
+  checkpoints = checkpointing.RunCheckpoints(str(tmp_path), keep=1,
+                                             best_metric='age_accuracy')
+  checkpoints.save(3, legacy, {'step': 3})
+  checkpoints.wait()
+  restored, meta = checkpointing.restore(checkpoints.latest, 3,
+                                         checkpointing.abstract_like(state))
+  checkpoints.close()
+  assert meta == {'step': 3} and isinstance(restored, train_state.TrainState)
+  assert restored.ema_params is None
+  for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
+    np.testing.assert_array_equal(got, want)
