@@ -6,8 +6,7 @@ import numpy as np
 import optax
 
 from facialnet_jax.age_groups import NUM_AGE_GROUPS, NUM_GENDERS
-
-UNKNOWN_LABEL = -1
+from facialnet_jax.metrics import UNKNOWN_LABEL
 AGE_LOSSES = ('cross_entropy', 'ordinal', 'label_distribution')
 CLASS_BALANCE = ('', 'inverse_sqrt', 'effective_number')
 # Head name → its label's key in a batch, with the number of classes.
