@@ -23,15 +23,14 @@ def check_compatible(config, source: restore.RestoredRun, channels: int) -> None
   """One-line error when `source`'s network cannot start this run's."""
   trained = source.config.model.to_dict()
   wanted = config.model.to_dict()
-  differences = sorted(key for key in set(trained) | set(wanted)
-                       if key not in _COMPUTE_ONLY and trained.get(key) != wanted.get(key))
+  differences = restore.model_differences(trained, wanted, ignore=_COMPUTE_ONLY)
   if differences:
     details = ', '.join(f'model.{key} {trained.get(key)!r} there, {wanted.get(key)!r} here'
                         for key in differences)
     raise UserError(f'config.init_from={source.workdir} was trained with another model '
                     f'({details}); set the same model options or train from scratch.')
   if source.channels != channels:
-    kinds = {1: 'grayscale', 3: 'RGB'}
+    kinds = restore.CHANNEL_KINDS
     raise UserError(f'config.init_from={source.workdir} was trained on '
                     f'{kinds.get(source.channels, source.channels)} images and this data set is '
                     f'{kinds.get(channels, channels)}; use a builder config with the same '

@@ -107,6 +107,16 @@ def _find_checkpoint(workdir: str, checkpoint: str) -> tuple[ocp.CheckpointManag
                   f'{available or "(none)"}.')
 
 
+# Channel count → how messages name the images.
+CHANNEL_KINDS = {1: 'grayscale', 3: 'RGB'}
+
+
+def model_differences(trained: dict, expected: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+  """The config.model keys whose values differ between two runs (apart from `ignore`)."""
+  return sorted(key for key in set(trained) | set(expected)
+                if key not in ignore and trained.get(key) != expected.get(key))
+
+
 def _check_model_config(config: ml_collections.ConfigDict, meta: dict, where: str) -> None:
   trained = meta.get('model')
   expected = config.model.to_dict()
@@ -114,8 +124,7 @@ def _check_model_config(config: ml_collections.ConfigDict, meta: dict, where: st
     raise UserError(f'The checkpoint in {where} has no model description in its meta; it was '
                     'written by another version of this code. Re-train, or evaluate it with '
                     'that version.')
-  differences = sorted(k for k in set(trained) | set(expected)
-                       if trained.get(k) != expected.get(k))
+  differences = model_differences(trained, expected)
   if differences:
     details = ', '.join(f'model.{k}: checkpoint {trained.get(k)!r}, config.json '
                         f'{expected.get(k)!r}' for k in differences)
@@ -190,7 +199,7 @@ def check_images_fit(run: RestoredRun, images: np.ndarray, source: str) -> None:
   size, channels = images.shape[1], images.shape[-1]
   input_size = run.config.model.input_size
   if channels != run.channels:
-    kind = {1: 'grayscale', 3: 'RGB'}
+    kind = CHANNEL_KINDS
     raise UserError(f'{source} has {kind.get(channels, channels)} images but the model of '
                     f'{run.workdir} was trained on {kind.get(run.channels, run.channels)} ones; '
                     f'use a builder config with {run.channels} channel(s) (for example '
