@@ -47,6 +47,17 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Mixup: images blended within the batch with λ ~ Beta(α, α), the loss likewise (mixup.py);
   # 0 = off. Off too when enabled is False. Train accuracy then scores the larger share's labels.
   config.augment.mixup_alpha = 0.0
+  # Photo-like degradations (augment.py), all off at 0: with this probability the face is shrunk
+  # to a factor drawn from [blur_min_scale, 1] and enlarged back (a small face in a photo);
+  # Gaussian noise of a std drawn from [0, noise_std]; for colour input a saturation factor from
+  # [1 - saturation, 1 + saturation], per-channel gains from [1 - colour_cast, 1 + colour_cast]
+  # and, with grayscale_probability, a black-and-white version.
+  config.augment.blur_probability = 0.0
+  config.augment.blur_min_scale = 0.3
+  config.augment.noise_std = 0.0
+  config.augment.saturation = 0.0
+  config.augment.colour_cast = 0.0
+  config.augment.grayscale_probability = 0.0
 
   config.loss = ml_collections.ConfigDict()
   config.loss.gender_weight = 1.0

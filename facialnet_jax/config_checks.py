@@ -13,7 +13,8 @@ _NON_NEGATIVE = ('optimizer.learning_rate', 'optimizer.weight_decay', 'optimizer
                  'checkpoint.every_steps', 'checkpoint.every_epochs', 'steps_per_dispatch',
                  'loss.gender_weight', 'loss.age_weight', 'schedule.warmup_epochs',
                  'profile_steps', 'max_skipped_steps', 'augment.mixup_alpha',
-                 'optimizer.backbone_learning_rate_scale', 'optimizer.freeze_backbone_epochs')
+                 'optimizer.backbone_learning_rate_scale', 'optimizer.freeze_backbone_epochs',
+                 'augment.noise_std', 'augment.saturation', 'augment.colour_cast')
 _CHOICES = {
     'data.pipeline': ('device', 'streaming'),
     'data.source': ('tfds', 'synthetic'),
@@ -61,6 +62,12 @@ def check_config(config) -> None:
   if not -1 <= config.data.test_fold < folds.NUM_FOLDS:
     raise UserError(f'config.data.test_fold={config.data.test_fold} does not exist; use '
                     f'0..{folds.NUM_FOLDS - 1} (or -1 for named train/test splits).')
+  for key in ('augment.blur_probability', 'augment.grayscale_probability'):
+    if not 0 <= _get(config, key) <= 1:
+      raise UserError(f'config.{key}={_get(config, key)} must be a probability in [0, 1].')
+  if not 0 < config.augment.blur_min_scale <= 1:
+    raise UserError(f'config.augment.blur_min_scale={config.augment.blur_min_scale} must be in '
+                    '(0, 1] (the smallest shrink factor; 0.3 is the default).')
   if not 0 <= config.loss.label_smoothing < 1:
     raise UserError(f'config.loss.label_smoothing={config.loss.label_smoothing} must be in '
                     '[0, 1) (0 = off; 0.1 is usual).')

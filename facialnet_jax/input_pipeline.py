@@ -31,11 +31,16 @@ _VALIDATION_BUCKETS = 10_000
 
 @dataclasses.dataclass
 class HostSplit:
-  """A split in host memory: uint8 images (N, S, S, C), int32 labels (-1 unknown), subject ids."""
+  """A split in host memory: uint8 images (N, S, S, C), int32 labels (-1 unknown), subject ids,
+  and where the data set stores them (UTKFace) exact ages in years and race (-1 unknown), which
+  only the per-group reports read."""
   image: np.ndarray
   gender: np.ndarray
   age_group: np.ndarray
   subject_id: np.ndarray
+  age: np.ndarray | None = None
+  race: np.ndarray | None = None
+  race_names: tuple[str, ...] = ()
 
   def __len__(self) -> int:
     return len(self.image)
@@ -52,7 +57,19 @@ class HostSplit:
 
   def select(self, mask: np.ndarray) -> 'HostSplit':
     return HostSplit(self.image[mask], self.gender[mask], self.age_group[mask],
-                     self.subject_id[mask])
+                     self.subject_id[mask], _select(self.age, mask), _select(self.race, mask),
+                     self.race_names)
+
+
+def _select(values: np.ndarray | None, mask: np.ndarray) -> np.ndarray | None:
+  return None if values is None else values[mask]
+
+
+def _optional_labels(examples, features, key: str) -> np.ndarray | None:
+  """The per-example `key` of a build whose features have it (UTKFace's age, race), else None."""
+  if key not in features:
+    return None
+  return np.array([e[key] for e in examples], np.int32)
 
 
 def is_validation_subject(subject_ids: np.ndarray, fraction: float) -> np.ndarray:
@@ -172,13 +189,16 @@ def load_tfds_split(builder, split: str) -> HostSplit:
             for start in range(0, len(source), _READ_CHUNK)]
   with concurrent.futures.ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
     examples = [example for chunk in pool.map(source.__getitems__, chunks) for example in chunk]
-  image_shape = builder.info.features['image'].shape
+  features = builder.info.features
+  image_shape = features['image'].shape
   return HostSplit(
       np.stack([e['image'] for e in examples]) if examples else np.zeros((0, *image_shape),
                                                                          np.uint8),
       np.array([e['gender'] for e in examples], np.int32),
       np.array([e['age_group'] for e in examples], np.int32),
-      np.array([e['user_id'].decode() for e in examples], dtype=str))
+      np.array([e['user_id'].decode() for e in examples], dtype=str),
+      _optional_labels(examples, features, 'age'), _optional_labels(examples, features, 'race'),
+      tuple(features['race'].names) if 'race' in features else ())
 
 
 def _unreadable_split(builder, split: str, error: Exception) -> UserError:

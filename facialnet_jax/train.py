@@ -6,15 +6,19 @@ import json
 import os
 import socket
 import time
+import types
 
 import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from facialnet_jax import checkpointing
 from facialnet_jax import compilation_cache
 from facialnet_jax import config_checks
 from facialnet_jax import device_data
 from facialnet_jax import fine_tune
+from facialnet_jax import groups
 from facialnet_jax import input_pipeline
 from facialnet_jax import interrupts
 from facialnet_jax import losses
@@ -374,7 +378,8 @@ def _train_and_evaluate(config, workdir: str, clock: compilation_cache.CompileCl
     checkpoints.wait()
 
   with timer.phase('final_evaluation'):
-    results = final_evaluation(config, checkpoints, state, evaluators)
+    results = final_evaluation(config, checkpoints, state, evaluators, {
+        name: group_source(splits[name]) for name in ('validation', 'test')})
   with timer.phase('host'):
     checkpoints.close()
     writer.close()
@@ -388,27 +393,47 @@ def _train_and_evaluate(config, workdir: str, clock: compilation_cache.CompileCl
     for name, values in results[split].items():
       logging.info('Test%s (%s checkpoint, step %d): %s', ' with flip' if 'flip' in split else '',
                    name, values['step'], _format_metrics(values))
+  test_groups = results.get('groups', {}).get('test', {})
+  for name, table in test_groups.items():
+    logging.info('Test by group (%s checkpoint):\n%s', name, groups.format_table(table))
   logging.info('%s', timer.summary_line())
   return results
 
 
-def final_evaluation(config, checkpoints, state, evaluators) -> dict:
+def final_evaluation(config, checkpoints, state, evaluators, group_splits=None) -> dict:
   """Test metrics of the final state and of the best-by-validation checkpoint.
 
   The test split is evaluated only here, once training has finished, so nothing about the
   run was chosen by looking at it. With config.flip_test, 'validation_flip' and 'test_flip'
   hold the same with flip test-time augmentation. With config.ema.decay the evaluated
-  parameters are the moving average (steps.eval_params).
+  parameters are the moving average (steps.eval_params). `group_splits` (split name → split)
+  adds accuracy per age band, gender and race of those splits under 'groups' (groups.py).
   """
   results = {split: {} for split in evaluators}
   candidates = {'final': state}
   best = checkpointing.restore_best(checkpoints.best, checkpointing.abstract_like(state))
   if best is not None:
     candidates['best'] = best[0]
+  group_splits = group_splits or {}
   for name, candidate in candidates.items():
     at_step = int(jax.device_get(candidate.step))
     for split in evaluators:
-      values = _host_metrics(evaluators[split](candidate)[0])
-      results[split][name] = values | {'step': at_step}
+      collection, probabilities = evaluators[split](candidate)
+      results[split][name] = _host_metrics(collection) | {'step': at_step}
+      base_split = split.removesuffix('_flip')
+      if base_split in group_splits:
+        probabilities = {head: np.asarray(multihost_utils.process_allgather(p, tiled=True))
+                         for head, p in probabilities.items()}
+        results.setdefault('groups', {}).setdefault(split, {})[name] = groups.per_group(
+            group_splits[base_split], probabilities)
   results['best_metric'] = f'validation {config.checkpoint.best_metric}'
   return results
+
+
+def group_source(split):
+  """What groups.per_group reads of a split: the split itself in host memory; a streamed
+  split's labels (its exact ages are not read)."""
+  if isinstance(split, input_pipeline.HostSplit):
+    return split
+  labels = split.labels()
+  return types.SimpleNamespace(gender=labels['gender'], age_group=labels['age_group'])
