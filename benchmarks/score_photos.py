@@ -1,15 +1,17 @@
 """Scores face detection and prediction on a folder of photos against a ground-truth JSON.
 
-  python benchmarks/score_photos.py --workdir W --ground_truth ../shared/data/fairface-dev/\
+  python benchmarks/score_photos.py [--workdir W] --ground_truth ../shared/data/fairface-dev/\
 ground_truth.json [--checkpoint best] [--flip] [--min_face_size 40] [--min_confidence 0.9]
-      [--output scores.json]
+      [--output scores.json] [--picture by_decade.png]
   python benchmarks/score_photos.py --ground_truth GT.json --predictions predict_output.json
 
 The ground truth is a list of {"filename", "gender": "Male"|"Female", "age": "30-39" | "70+" |
 "more than 70"} (fairface-dev's format), the photos beside it. Reports the share of photos with a
 face, the share with more than one (every face that passes the thresholds), and, on the largest
 face of each photo with a face, gender accuracy and age-group agreement: the predicted Adience
-group overlaps the labelled decade. The first form runs predict's own pipeline (after a warm-up
+group overlaps the labelled decade; the same per age decade of the ground truth ('by_decade').
+Without --workdir or --predictions, the model shipped with the package is scored. The first form
+runs predict's own pipeline (after a warm-up
 that compiles the network) and times it end to end: reading, detection, alignment and network.
 The second scores a JSON that `python -m facialnet_jax.predict --output_json` wrote (any version
 of it), so other detectors or older code go through the same scorer.
@@ -26,20 +28,26 @@ from absl import app
 from absl import flags
 
 from facialnet_jax import age_groups
+from facialnet_jax import exported_model
 from facialnet_jax import face_detection
+from facialnet_jax import groups
 from facialnet_jax import predict
 from facialnet_jax import restore
 
 flags.DEFINE_string('ground_truth', None, 'ground_truth.json of the photos (beside them).')
-flags.DEFINE_string('workdir', None, 'Training run whose checkpoint predicts.')
+flags.DEFINE_string('workdir', None, 'Training run (or exported model) that predicts; default: '
+                    'the model shipped with the package.')
 flags.DEFINE_string('checkpoint', restore.BEST, 'latest, best or a step number.')
 flags.DEFINE_string('predictions', None, 'Score this predict --output_json file instead of '
                     'running prediction.')
-flags.DEFINE_bool('flip', False, 'Flip test-time augmentation.')
+flags.DEFINE_bool('flip', None, 'Flip test-time augmentation; default: the model\'s '
+                  'config.flip_test.')
 flags.DEFINE_integer('min_face_size', face_detection.DEFAULT_MIN_FACE_SIZE, 'As predict.')
 flags.DEFINE_float('min_confidence', face_detection.DEFAULT_MIN_CONFIDENCE, 'As predict.')
 flags.DEFINE_integer('batch_size', predict.DEFAULT_BATCH_SIZE, 'As predict.')
 flags.DEFINE_string('output', None, 'Write the scores to this JSON file.')
+flags.DEFINE_string('picture', None, 'Draw gender accuracy and age agreement by decade into '
+                    'this PNG.')
 FLAGS = flags.FLAGS
 
 _DECADE_RE = re.compile(r'^\s*(\d+)\s*-\s*(\d+)\s*$')
@@ -64,50 +72,76 @@ def age_agrees(group_name: str, decade: str) -> bool:
   return low <= last and (high is None or high >= first)
 
 
+def _tally(rows: list[tuple[dict, dict | None]]) -> dict:
+  """Found, extra-face, gender and age-group shares of (ground truth, largest face) pairs."""
+  found = [(row, face) for row, face in rows if face is not None]
+  count = len(rows)
+  return {'photos': count, 'found_percent': 100 * len(found) / max(count, 1),
+          'gender_accuracy_percent': 100 * sum(
+              face['gender'] == row['gender'].lower() for row, face in found) / max(len(found), 1),
+          'age_agreement_percent': 100 * sum(
+              age_agrees(face['age_group'], row['age']) for row, face in found) / max(len(found),
+                                                                                       1)}
+
+
 def score(truth: list[dict], photos: dict[str, dict]) -> dict:
-  """The four numbers, from predict's per-photo JSON keyed by file name."""
-  found = extra = gender_right = age_right = 0
+  """The scores overall and per age decade, from predict's per-photo JSON keyed by file name."""
+  rows, extra = [], 0
   for row in truth:
     faces = photos.get(row['filename'], {}).get('faces') or []
-    if not faces:
-      continue
-    found += 1
     extra += len(faces) > 1
-    largest = max(faces, key=lambda face: face['box']['width'] * face['box']['height'])
-    gender_right += largest['gender'] == row['gender'].lower()
-    age_right += age_agrees(largest['age_group'], row['age'])
-  count = len(truth)
-  return {'photos': count, 'found_percent': 100 * found / count,
-          'extra_faces_percent': 100 * extra / count,
-          'gender_accuracy_percent': 100 * gender_right / max(found, 1),
-          'age_agreement_percent': 100 * age_right / max(found, 1)}
+    rows.append((row, max(faces, key=lambda face: face['box']['width'] * face['box']['height'])
+                 if faces else None))
+  by_decade = {}
+  for band, name in enumerate(groups.AGE_BANDS):
+    in_band = [pair for pair in rows if groups.age_band_of_decade(pair[0]['age']) == band]
+    if in_band:
+      by_decade[name] = _tally(in_band)
+  return {**_tally(rows), 'extra_faces_percent': 100 * extra / max(len(rows), 1),
+          'by_decade': by_decade}
 
 
-def run_prediction(paths: list[str]) -> tuple[dict[str, dict], dict]:
+def run_prediction(paths: list[str], workdir: str | None = None, checkpoint: str = 'best',
+                   flip: bool | None = None, batch_size: int = predict.DEFAULT_BATCH_SIZE,
+                   min_face_size: int = face_detection.DEFAULT_MIN_FACE_SIZE,
+                   min_confidence: float = face_detection.DEFAULT_MIN_CONFIDENCE,
+                   ) -> tuple[dict[str, dict], dict]:
+  """Predict's own pipeline on `paths` (shipped model without `workdir`), timed end to end
+  after a warm-up; per-photo JSON keyed by file name, and the timing."""
   start = time.perf_counter()
-  run = restore.restore_run(FLAGS.workdir, FLAGS.checkpoint)
-  predictor = predict.make_predictor(run, FLAGS.batch_size, FLAGS.flip)
+  run = exported_model.load_run(workdir, checkpoint)
+  flip = bool(run.config.get('flip_test', False)) if flip is None else flip
+  predictor = predict.make_predictor(run, batch_size, flip)
   predictor(np.zeros((1, run.stored_image_size, run.stored_image_size, run.channels), np.uint8))
-  options = predict.Options(min_face_size=FLAGS.min_face_size,
-                            min_confidence=FLAGS.min_confidence)
+  options = predict.Options(min_face_size=min_face_size, min_confidence=min_confidence)
   # The detector's first call sets OpenCV's networks up: part of start-up too.
   face_detection.detect_faces(np.zeros((64, 64, 3), np.uint8))
   started = time.perf_counter()
-  results = list(predict.predict_photos(paths, run, predictor, options,
-                                        batch_size=FLAGS.batch_size))
+  results = list(predict.predict_photos(paths, run, predictor, options, batch_size=batch_size))
   seconds = time.perf_counter() - started
-  timing = {'model': run.describe(), 'step': run.step, 'flip': FLAGS.flip,
-            'min_face_size': FLAGS.min_face_size, 'min_confidence': FLAGS.min_confidence,
+  timing = {'model': run.describe(), 'step': run.step, 'flip': flip,
+            'min_face_size': min_face_size, 'min_confidence': min_confidence,
             'startup_seconds': round(started - start, 2), 'seconds': round(seconds, 2),
             'photos_per_second': round(len(paths) / seconds, 2),
             'load_average_1min': round(os.getloadavg()[0], 2), 'cpus': os.cpu_count()}
   return {os.path.basename(r.photo): r.to_json() for r in results}, timing
 
 
+def plot_by_decade(scores: dict, path: str, title: str) -> None:
+  """Gender accuracy and age-group agreement by decade, as groups.plot_by_age draws them."""
+  table = {band: {'count': values['photos'],
+                  'gender': values['gender_accuracy_percent'] / 100,
+                  'age': values['age_agreement_percent'] / 100}
+           for band, values in scores['by_decade'].items()}
+  groups.plot_by_age({'gender': (table, 'gender'), 'age group agrees': (table, 'age')},
+                     path, title)
+
+
 def main(argv):
   del argv
-  if not FLAGS.ground_truth or not (FLAGS.workdir or FLAGS.predictions):
-    sys.exit('error: give --ground_truth and either --workdir or --predictions')
+  if not FLAGS.ground_truth:
+    sys.exit('error: give --ground_truth (and --workdir or --predictions, or neither for the '
+             'shipped model)')
   with open(FLAGS.ground_truth, encoding='utf-8') as f:
     truth = json.load(f)
   folder = os.path.dirname(os.path.abspath(FLAGS.ground_truth))
@@ -116,9 +150,14 @@ def main(argv):
       photos = {os.path.basename(p['photo']): p for p in json.load(f)['photos']}
     extra = {'predictions': FLAGS.predictions}
   else:
-    photos, extra = run_prediction([os.path.join(folder, row['filename']) for row in truth])
+    photos, extra = run_prediction(
+        [os.path.join(folder, row['filename']) for row in truth], FLAGS.workdir,
+        FLAGS.checkpoint, FLAGS.flip, FLAGS.batch_size, FLAGS.min_face_size,
+        FLAGS.min_confidence)
   scores = {**score(truth, photos), **extra}
   print(json.dumps(scores, indent=2))
+  if FLAGS.picture:
+    plot_by_decade(scores, FLAGS.picture, f'{os.path.basename(folder)}: largest face per photo')
   if FLAGS.output:
     with open(FLAGS.output, 'w', encoding='utf-8') as f:
       json.dump(scores, f, indent=2)

@@ -102,8 +102,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.schedule.plateau_epochs = 1.0  # the loss is averaged over this many epochs
   config.schedule.plateau_min_scale = 1e-3
 
-  # Fine-tuning: start from the parameters of another run's checkpoint (its workdir; '' = from
-  # scratch), 'best' or 'latest'; init_heads=False takes the backbone only and the heads start
+  # Fine-tuning: start from the parameters of another run's checkpoint (its workdir; an exported
+  # model's folder; 'shipped' = the model shipped with the package; '' = from scratch), 'best' or
+  # 'latest'; init_heads=False takes the backbone only and the heads start
   # fresh (for a new data set whose labels mean something else). Its model must match.
   config.init_from = ''
   config.init_checkpoint = 'best'

@@ -48,9 +48,12 @@ def check_config(config) -> None:
     raise UserError(f'config.ema.decay={config.ema.decay} must be in [0, 1) (0 = off; 0.999 is '
                     'usual).')
   if config.init_from:
-    if not os.path.isdir(os.path.expanduser(config.init_from)):
+    # 'shipped': the model inside the package (exported_model.SHIPPED; not imported here, so
+    # that checking a config loads no JAX).
+    if config.init_from != 'shipped' and not os.path.isdir(os.path.expanduser(config.init_from)):
       raise UserError(f'config.init_from={config.init_from} does not exist; give the workdir of '
-                      'a training run to start from (or \'\' to train from scratch).')
+                      'a training run or an exported model to start from, "shipped" for the '
+                      'model shipped with the package (or \'\' to train from scratch).')
     if config.init_checkpoint not in ('best', 'latest') and not config.init_checkpoint.isdigit():
       raise UserError(f'config.init_checkpoint={config.init_checkpoint!r}: use best, latest or a '
                       'step number.')

@@ -32,6 +32,7 @@ from ml_collections import config_flags
 from facialnet_jax import cli
 from facialnet_jax import evaluate
 from facialnet_jax import folds
+from facialnet_jax import groups
 from facialnet_jax import report
 from facialnet_jax import restore
 from facialnet_jax import workdir_lock
@@ -42,6 +43,7 @@ SUMMARY_FILE = 'cross_validation.json'
 CURVES_FILE = 'training_curves.png'
 # train.py writes this when a run has finished (training and its own final evaluation).
 RESULTS_FILE = 'results.json'
+GROUPS_PICTURE = 'accuracy_by_age.png'
 # Seconds spent on a fold (training and its test evaluation), summed over invocations.
 WALL_TIME_FILE = 'cross_validation_seconds.json'
 ALL_FOLDS = tuple(range(folds.NUM_FOLDS))
@@ -189,6 +191,24 @@ def _setup_lines(config: ml_collections.ConfigDict, fold_metrics: dict[int, dict
   ]
 
 
+def _group_section(workdir: str, fold_metrics: dict[int, dict]) -> list[str]:
+  """Markdown of accuracy per age group and gender over the test folds pooled, and its
+  picture; nothing for folds evaluated before metrics.json held per-group numbers."""
+  tables = [m['per_group'] for m in fold_metrics.values() if 'per_group' in m]
+  if not tables:
+    return []
+  pooled = groups.pool(tables)
+  age_grouping = 'age_band' if 'age_band' in pooled else 'age_group'
+  groups.plot_by_age(
+      {label: (pooled[age_grouping], metric) for label, metric in (
+          ('gender', 'gender_accuracy'), ('age exact', 'age_accuracy'),
+          ('age 1-off', 'age_one_off_accuracy'))},
+      os.path.join(workdir, GROUPS_PICTURE),
+      f'Accuracy by age, {len(tables)} test folds pooled')
+  return [f'## Accuracy by group ({len(tables)} test folds pooled)', '',
+          *groups.markdown_table(pooled)]
+
+
 def write_report(config: ml_collections.ConfigDict, workdir: str, fold_metrics: dict[int, dict],
                  checkpoint: str) -> str:
   """report.md, cross_validation.json, training curves and summed confusion matrices."""
@@ -214,6 +234,9 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, fold_metrics: 
         f'summed\n{int(matrix.sum())} labelled test images', os.path.join(workdir, base + '.png'))
     pictures.append((f'{report.HEAD_TITLES[head]} confusion matrix, test folds summed',
                      base + '.png'))
+  group_lines = _group_section(workdir, fold_metrics)
+  if group_lines:
+    pictures.append(('Accuracy by age, test folds pooled', GROUPS_PICTURE))
   setup = _setup_lines(config, fold_metrics, checkpoint)
   seconds = [_wall_seconds(fold_dir(workdir, fold)) for fold in fold_metrics]
   if None not in seconds:
@@ -227,6 +250,8 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, fold_metrics: 
   path = os.path.join(workdir, REPORT_FILE)
   with open(path, 'w') as f:
     f.write(markdown)
+    if group_lines:
+      f.write('\n' + '\n'.join(group_lines) + '\n')
   with open(os.path.join(workdir, SUMMARY_FILE), 'w') as f:
     json.dump({'folds': {str(k): v for k, v in sorted(fold_metrics.items())},
                'mean_std': report.summarize_folds(folds), 'checkpoint': checkpoint}, f,

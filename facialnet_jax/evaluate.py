@@ -1,6 +1,6 @@
 """Evaluate a checkpoint on every example of a split, of the run's own data set or of another one.
 
-  python -m facialnet_jax.evaluate --workdir W [--checkpoint best|latest|STEP] [--split test]
+  python -m facialnet_jax.evaluate [--workdir W] [--checkpoint best|latest|STEP] [--split test]
       [--dataset tfds_utkface] [--builder_config gray75] [--data_dir D] [--output_dir O]
 
 --split test|validation|train are the run's own protocol splits (on Adience: the test fold, and
@@ -8,7 +8,11 @@ the training folds with validation carved out by subject, exactly as training sa
 other value is a TFDS split of the data set (fold2, fold0+fold1, test[:50%], ...). With
 --dataset, --builder_config or --data_dir the data set differs from the training config's, and
 --split names a split of that data set. Writes metrics.json (accuracies, per-class precision and
-recall, confusion matrices), confusion_{gender,age}.{csv,png} and predictions.csv.
+recall, confusion matrices, accuracy per age band, gender and race: `per_group`),
+confusion_{gender,age}.{csv,png}, accuracy_by_age.png and predictions.csv, and prints the
+per-group table. Without --workdir the model shipped with the package is evaluated (on
+tfds_utkface/rgb75 unless --dataset/--builder_config say otherwise; its output then goes to
+./evaluation/ unless --output_dir says otherwise).
 """
 
 import csv
@@ -27,6 +31,8 @@ from absl import logging
 from facialnet_jax import cli
 from facialnet_jax import compilation_cache
 from facialnet_jax import device_data
+from facialnet_jax import exported_model
+from facialnet_jax import groups
 from facialnet_jax import input_pipeline
 from facialnet_jax import report
 from facialnet_jax import restore
@@ -83,10 +89,15 @@ class Evaluation:
         **self.metrics,
         **({'without_flip': self.plain_metrics} if self.plain_metrics else {}),
         'per_class': per_class,
+        'per_group': self.per_group(),
         'confusion_matrices': {head: {'classes': list(report.CLASS_NAMES[head]),
                                       'rows_true_columns_predicted': matrix.tolist()}
                                for head, matrix in self.confusion.items()},
     }
+
+  def per_group(self) -> dict[str, dict[str, dict]]:
+    """Accuracy per age band (or Adience group), gender and race (where the data has it)."""
+    return groups.per_group(self.data.split, self.probabilities)
 
   def summary_line(self) -> str:
     line = _summary(self.metrics)
@@ -192,7 +203,9 @@ def default_output_dir(evaluation: Evaluation) -> str:
     name += f'-step{run.step}'
   if evaluation.flip:
     name += '_flip'
-  return os.path.join(run.workdir, 'evaluation', _safe_name(name))
+  # The shipped model lives inside the installed package, which may be read-only.
+  base = os.getcwd() if run.workdir == exported_model.SHIPPED_DIR else run.workdir
+  return os.path.join(base, 'evaluation', _safe_name(name))
 
 
 def write_predictions_csv(evaluation: Evaluation, path: str) -> None:
@@ -228,6 +241,15 @@ def write_evaluation(evaluation: Evaluation, output_dir: str) -> list[str]:
              f'\nstep {evaluation.run.step}, {int(matrix.sum())} labelled images')
     report.plot_confusion_matrix(matrix, classes, title, base + '.png')
     written += [base + '.csv', base + '.png']
+  table = evaluation.per_group()
+  age_grouping = 'age_band' if 'age_band' in table else 'age_group'
+  written.append(os.path.join(output_dir, 'accuracy_by_age.png'))
+  groups.plot_by_age(
+      {f'{head}, step {evaluation.run.step}': (table[age_grouping], metric)
+       for head, metric in (('gender', 'gender_accuracy'), ('age exact', 'age_accuracy'),
+                            ('age 1-off', 'age_one_off_accuracy'))}, written[-1],
+      f'Accuracy by age: {evaluation.data.dataset} {evaluation.data.split_name}'
+      f'{" (flip)" if evaluation.flip else ""}')
   return written
 
 
@@ -236,7 +258,8 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """The command line's flags (defined only when run as a program, so importing is free)."""
-  flags.DEFINE_string('workdir', None, 'Directory of a training run (config.json, checkpoints/).')
+  flags.DEFINE_string('workdir', None, 'Directory of a training run (config.json, checkpoints/) '
+                      'or of an exported model; default: the model shipped with the package.')
   flags.DEFINE_string('checkpoint', restore.BEST, 'latest, best (by validation) or a step number.')
   flags.DEFINE_string('split', 'test', 'test, validation or train (the run\'s own protocol '
                       'splits), or any TFDS split of the data set (fold2, test[:50%], ...).')
@@ -253,14 +276,13 @@ def define_flags() -> None:
                        'config.eval_batch_size.')
   flags.DEFINE_string('output_dir', None, 'Where to write; default: '
                       'WORKDIR/evaluation/<dataset>_<split>_<checkpoint>.')
-  flags.mark_flags_as_required(['workdir'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise UserError(f'Unexpected arguments: {" ".join(argv[1:])}')
   clock = compilation_cache.CompileClock()
-  run = restore.restore_run(FLAGS.workdir, FLAGS.checkpoint)
+  run = exported_model.load_run(FLAGS.workdir, FLAGS.checkpoint)
   logging.info('Restored %s onto %d %s device(s).', run.describe(), jax.device_count(),
                jax.devices()[0].platform)
   data = load_evaluation_data(run, FLAGS.split, FLAGS.dataset, FLAGS.builder_config,
@@ -271,6 +293,7 @@ def main(argv):
   output_dir = FLAGS.output_dir or default_output_dir(evaluation)
   written = write_evaluation(evaluation, output_dir)
   print(f'{data.describe()}, {run.describe()}: {evaluation.summary_line()}.')
+  print(groups.format_table(evaluation.per_group()))
   print(f'Wrote {", ".join(os.path.basename(p) for p in written)} to {output_dir}')
   logging.info('Compiled in %.1f s (compilation cache: %d hits, %d misses).', clock.seconds,
                clock.cache_hits, clock.cache_misses)

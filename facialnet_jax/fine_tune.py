@@ -1,4 +1,4 @@
-"""Fine-tuning: a new run's parameters taken from another run's checkpoint (config.init_from)."""
+"""Fine-tuning: a new run's parameters taken from another run's checkpoint, an exported model or the shipped one (config.init_from)."""
 
 import os
 
@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
+from facialnet_jax import exported_model
 from facialnet_jax import restore
 from facialnet_jax import steps
 from facialnet_jax import train_state as train_state_lib
@@ -44,8 +45,8 @@ def initialise_from(config, state: train_state_lib.TrainState, channels: int,
 
   The weights taken are the ones that run evaluated: its moving average when it kept one.
   """
-  workdir = os.path.expanduser(config.init_from)
-  source = restore.restore_run(workdir, config.init_checkpoint, mesh)
+  source = exported_model.load_run(os.path.expanduser(config.init_from), config.init_checkpoint,
+                                   mesh)
   check_compatible(config, source, channels)
   restored = steps.eval_params(source.state)
   taken = (BACKBONE, *HEADS) if config.init_heads else (BACKBONE,)

@@ -81,6 +81,47 @@ def per_group(split, probabilities: dict[str, np.ndarray]) -> dict[str, dict[str
   return table
 
 
+def pool(tables: list[dict[str, dict[str, dict]]]) -> dict[str, dict[str, dict]]:
+  """Several per_group tables (e.g. the five test folds) as one: counts summed, accuracies
+  weighted by their counts, as if every example had been evaluated at once."""
+  pooled = {}
+  for table in tables:
+    for grouping, group_values in table.items():
+      for name, values in group_values.items():
+        into = pooled.setdefault(grouping, {}).setdefault(name, {
+            'count': 0, 'gender_count': 0, 'age_count': 0, '_right': {}})
+        into['count'] += values['count']
+        for head, metrics in (('gender', ('gender_accuracy',)),
+                              ('age', ('age_accuracy', 'age_one_off_accuracy'))):
+          into[f'{head}_count'] += values[f'{head}_count']
+          for metric in metrics:
+            right = (values[metric] or 0.0) * values[f'{head}_count']
+            into['_right'][metric] = into['_right'].get(metric, 0.0) + right
+  for group_values in pooled.values():
+    for values in group_values.values():
+      right = values.pop('_right')
+      for metric, total in right.items():
+        count = values['gender_count' if metric.startswith('gender') else 'age_count']
+        values[metric] = total / count if count else None
+  return pooled
+
+
+def markdown_table(table: dict[str, dict[str, dict]]) -> list[str]:
+  """The per-group table as markdown lines (percentages, counts of labelled examples)."""
+  lines = ['| group | examples | gender (n) | age exact (n) | age 1-off |', '|---|---|---|---|---|']
+
+  def percent(value):
+    return '–' if value is None else f'{100 * value:.1f}%'
+
+  for grouping, group_values in table.items():
+    for name, values in group_values.items():
+      lines.append(f'| {grouping.replace("_", " ")} {name} | {values["count"]} | '
+                   f'{percent(values["gender_accuracy"])} ({values["gender_count"]}) | '
+                   f'{percent(values["age_accuracy"])} ({values["age_count"]}) | '
+                   f'{percent(values["age_one_off_accuracy"])} |')
+  return lines
+
+
 def format_table(table: dict[str, dict[str, dict]]) -> str:
   """The per-group table as aligned text lines, one group per line, for the terminal and logs."""
   lines = [f'{"group":<16}{"n":>7}{"gender":>9}{"age":>8}{"1-off":>8}']

@@ -1,6 +1,6 @@
 """Gender and age group of every face in ordinary photos, with a trained checkpoint.
 
-  python -m facialnet_jax.predict --workdir W photo.jpg [folder/ ...] [--checkpoint best]
+  python -m facialnet_jax.predict [--workdir W] photo.jpg [folder/ ...] [--checkpoint best]
       [--flip] [--largest_face] [--min_face_size 40] [--min_confidence 0.9]
       [--annotate_dir DIR] [--output_json FILE] [--output_csv FILE] [--whole_image]
 
@@ -10,6 +10,7 @@ by the same function as the data set builders. Photos are read and searched on h
 the faces go through the network in batches of one compiled size. Prints one line per face;
 --annotate_dir writes a copy of each photo with the faces marked. A photo without a face or that
 cannot be read gets a message; the exit status is non-zero only when no photo could be read.
+Without --workdir the model shipped with the package predicts (README "Shipped model").
 """
 
 import collections
@@ -33,6 +34,7 @@ from PIL import ImageOps
 
 from facialnet_jax import alignment
 from facialnet_jax import cli
+from facialnet_jax import exported_model
 from facialnet_jax import face_detection
 from facialnet_jax import preprocessing
 from facialnet_jax import report
@@ -379,10 +381,12 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """The command line's flags (defined only when run as a program, so importing is free)."""
-  flags.DEFINE_string('workdir', None, 'Directory of a training run (config.json, checkpoints/).')
+  flags.DEFINE_string('workdir', None, 'Directory of a training run (config.json, checkpoints/) '
+                      'or of an exported model; default: the model shipped with the package.')
   flags.DEFINE_string('checkpoint', restore.BEST, 'latest, best (by validation) or a step number.')
-  flags.DEFINE_bool('flip', False, 'Average each face\'s probabilities with its mirror image\'s '
-                    '(test-time augmentation: twice the network\'s work).')
+  flags.DEFINE_bool('flip', None, 'Average each face\'s probabilities with its mirror image\'s '
+                    '(test-time augmentation: twice the network\'s work); default: the run\'s '
+                    'config.flip_test (on for the shipped model).')
   flags.DEFINE_bool('largest_face', False, 'Report only the largest face of each photo (default: '
                     'every face found).')
   flags.DEFINE_integer('min_face_size', face_detection.DEFAULT_MIN_FACE_SIZE,
@@ -398,7 +402,6 @@ def define_flags() -> None:
   flags.DEFINE_string('output_csv', None, 'Also write one row per face to this CSV file.')
   flags.DEFINE_bool('whole_image', False, 'Take each image as one face crop (like the data '
                     'sets\' crops) instead of detecting faces.')
-  flags.mark_flags_as_required(['workdir'])
 
 
 def options_from_flags() -> Options:
@@ -410,11 +413,12 @@ def main(argv):
   photos = expand_photos(argv[1:])
   if not photos:
     raise UserError('Give one or more photos or folders: python -m facialnet_jax.predict '
-                    '--workdir W photo.jpg [more.jpg folder/ ...]')
-  run = restore.restore_run(FLAGS.workdir, FLAGS.checkpoint)
+                    '[--workdir W] photo.jpg [more.jpg folder/ ...]')
+  run = exported_model.load_run(FLAGS.workdir, FLAGS.checkpoint)
+  flip = FLAGS.flip if FLAGS.flip is not None else bool(run.config.get('flip_test', False))
   print(f'Model: {run.describe()}; faces as {run.stored_image_size}×{run.stored_image_size} '
-        f'{"grayscale" if run.channels == 1 else "RGB"}{", with flip" if FLAGS.flip else ""}.')
-  predictor = make_predictor(run, FLAGS.batch_size, FLAGS.flip)
+        f'{"grayscale" if run.channels == 1 else "RGB"}{", with flip" if flip else ""}.')
+  predictor = make_predictor(run, FLAGS.batch_size, flip)
   if FLAGS.annotate_dir:
     os.makedirs(FLAGS.annotate_dir, exist_ok=True)
   options = options_from_flags()
@@ -440,7 +444,7 @@ def main(argv):
     with open(FLAGS.output_json, 'w') as f:
       json.dump({'checkpoint': {'workdir': run.workdir, 'checkpoint': run.checkpoint,
                                 'step': run.step},
-                 'options': {**dataclasses.asdict(options), 'flip': FLAGS.flip},
+                 'options': {**dataclasses.asdict(options), 'flip': flip},
                  'photos': results}, f, indent=2)
   if not readable:
     raise UserError(f'None of the {len(photos)} photo(s) could be read.')

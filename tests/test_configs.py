@@ -36,6 +36,8 @@ def test_utkface_config_is_the_measured_recipe_and_scales_with_the_batch():
   assert (config.batch_size, config.optimizer.learning_rate) == (250, 0.02)
   assert config.optimizer.weight_decay == 5e-4
   assert (config.schedule.name, config.schedule.warmup_epochs) == ('cosine', 5.0)
+  # The photo study's winner: colour faces, flip at test time (README "Models that hold up").
+  assert config.data.builder_config == 'rgb75' and config.flip_test
   large = utkface.get_config('1024')
   assert large.batch_size == 1024
   assert large.optimizer.learning_rate == pytest.approx(0.02 * 1024 / 250)
@@ -46,7 +48,8 @@ def test_adience_transfer_starts_every_fold_from_the_named_run():
   config = _load('adience_transfer').get_config('runs/utk_b250')
   assert config.init_from == 'runs/utk_b250' and config.init_checkpoint == 'best'
   assert config.init_heads and config.data.name == 'tfds_adience'
-  assert _load('adience_transfer').get_config().init_from == 'runs/utkface'
+  assert _load('adience_transfer').get_config().init_from == 'shipped'
+  assert config.data.builder_config == 'rgb75'
 
 
 @pytest.mark.parametrize('path', CONFIG_FILES, ids=lambda path: path.stem)

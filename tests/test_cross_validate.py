@@ -62,7 +62,17 @@ def test_five_folds_and_a_report_with_mean_and_std(finished):
   assert len(re.findall(r'^\| [^|]*\(quoted\) \|', text, re.MULTILINE)) == 3
   assert "| *For scale: always the test fold's most common class* |" in text
   assert 'Wall time, training and test evaluation of the 5 folds: ' in text
-  for picture in ('training_curves.png', 'confusion_age.png', 'confusion_gender.png'):
+  # Accuracy per group, test folds pooled: the gender rows' counts add up to every labelled
+  # test image of the five folds.
+  assert '## Accuracy by group (5 test folds pooled)' in text
+  gender_rows = re.findall(r'^\| gender (male|female) \| (\d+) \| [\d.]+% \((\d+)\) \|', text,
+                           re.MULTILINE)
+  assert [row[0] for row in gender_rows] == ['male', 'female']
+  summary = json.load(open(os.path.join(workdir, 'cross_validation.json')))
+  labelled = sum(f['num_labelled']['gender'] for f in summary['folds'].values())
+  assert sum(int(row[2]) for row in gender_rows) == labelled
+  for picture in ('training_curves.png', 'confusion_age.png', 'confusion_gender.png',
+                  'accuracy_by_age.png'):
     assert f']({picture})' in text
     with open(os.path.join(workdir, picture), 'rb') as f:
       assert f.read(4) == b'\x89PNG'
