@@ -21,6 +21,7 @@ from facialnet_jax import fine_tune
 from facialnet_jax import groups
 from facialnet_jax import input_pipeline
 from facialnet_jax import interrupts
+from facialnet_jax import logging_setup
 from facialnet_jax import losses
 from facialnet_jax import models
 from facialnet_jax import optim
@@ -35,6 +36,8 @@ from facialnet_jax.errors import UserError
 
 CONFIG_FILE = 'config.json'
 RESULTS_FILE = 'results.json'
+# Libraries' full error reports (orbax's tracebacks of a failed checkpoint write).
+ERRORS_FILE = 'errors.log'
 
 
 class TrainingDiverged(UserError):
@@ -237,6 +240,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   config_checks.check_config(config)
   # Before any data or device work: a busy workdir is reported at once.
   workdir = _prepare_workdir(workdir)
+  if jax.process_index() == 0:
+    logging_setup.keep_details_in(os.path.join(workdir, ERRORS_FILE))
   with _hold_workdir(workdir):
     clock = compilation_cache.CompileClock()
     timer = run_timing.RunTimer(clock)

@@ -212,6 +212,35 @@ def test_full_disk_stops_with_one_line_and_a_rerun_resumes_from_the_last_good_ch
   assert restore.restore_run(str(workdir), restore.LATEST).step == 8
 
 
+@pytest.mark.slow
+def test_full_disk_on_the_command_line_is_one_error_line_last_without_tracebacks(tmp_path):
+  """A real full disk under launch.py (W/checkpoints is a 40 MB tmpfs: the second save does not
+  fit): exit status 1, no traceback on stderr, the error line last, orbax's reports in
+  W/errors.log; after space is freed the same command resumes and finishes."""
+  workdir = tmp_path / 'run'
+  disk = workdir / checkpointing.LATEST_DIR
+  disk.mkdir(parents=True)
+  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=40m', 'tmpfs', str(disk)],
+                           capture_output=True, text=True, check=False)
+  if mounted.returncode != 0:
+    pytest.skip(f'cannot mount a tmpfs here: {mounted.stderr.strip()}')
+  try:
+    flags = ['--config', str(REPO_ROOT / 'configs' / 'synthetic.py'), '--workdir', str(workdir),
+             *tiny_flags(**{'num_epochs': 1, 'checkpoint.every_steps': 2})]
+    failed = run_launch(*flags)
+    assert failed.returncode == 1
+    assert 'Traceback' not in failed.stderr, failed.stderr[-3000:]
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith('error: Writing the checkpoint of step 4 to ') and 'No space left' in last
+    assert 'Traceback' in (workdir / train.ERRORS_FILE).read_text()
+    subprocess.run(['mount', '-o', 'remount,size=256m', str(disk)], check=True)
+    resumed = run_launch(*flags)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert 'Resuming from the checkpoint at step 2 ' in resumed.stderr
+  finally:
+    subprocess.run(['umount', '-l', str(disk)], check=False)
+
+
 # ---------------------------------------------------------------------------------------------
 # SIGTERM and Ctrl-C.
 
