@@ -266,6 +266,7 @@ def _train_and_evaluate(config, workdir: str, clock: compilation_cache.CompileCl
 
     model = models.create_model(config.model)
     tx = optim.create_optimizer(config, epoch_steps)
+    optim.warn_if_warmup_clipped(config)
     state = train_state_lib.create_train_state_on_mesh(model, tx, config.seed, image_shape, mesh,
                                                        train_state_lib.uses_ema(config))
     logging.info('FacialNet: %d parameters; %d devices (%s); batch %d; %d steps per epoch; '
