@@ -126,10 +126,33 @@ def _resume(checkpoints: checkpointing.RunCheckpoints, state, epoch_steps: int, 
         f'{workdir} holds a run with {meta["steps_per_epoch"]} steps per epoch, but this config '
         f'gives {epoch_steps}: the data or batch size changed. Use a new --workdir.')
   step = meta['step']
-  logging.info('Resuming from the checkpoint at step %d (epoch %d, batch %d of %d) in %s.',
-               step, step // epoch_steps + 1, step % epoch_steps, epoch_steps,
-               checkpoints.latest.directory)
+  if step < config.num_epochs * epoch_steps:  # a finished run is reported by the caller
+    epoch, batch = divmod(step, epoch_steps)
+    where = (f'end of epoch {epoch} of {config.num_epochs}' if batch == 0 else
+             f'epoch {epoch + 1} of {config.num_epochs}, batch {batch} of {epoch_steps}')
+    logging.info('Resuming from the checkpoint at step %d (%s) in %s.', step, where,
+                 checkpoints.latest.directory)
   return state
+
+
+def _finished_results(workdir: str, step: int, total_steps: int) -> dict | None:
+  """A finished run's results.json when the resumed `step` ends the run, so that re-running its
+  command says so and changes nothing (no second test evaluation, events file or results);
+  None when training or the final evaluation is still to do."""
+  path = os.path.join(workdir, RESULTS_FILE)
+  if step < total_steps:
+    return None
+  try:
+    with open(path) as f:
+      results = json.load(f)
+  except (OSError, ValueError):
+    # Stopped before results.json was written (or it was damaged): the final evaluation is redone.
+    logging.info('The checkpoint at step %d ends the run: evaluating it.', step)
+    return None
+  logging.info('This run has already finished (step %d of %d); its results are in %s. Use '
+               'another --workdir for a new run, or a larger --config.num_epochs to train on.',
+               step, total_steps, path)
+  return results
 
 
 def _check_finite(state, seen_nonfinite: int, config,
@@ -266,7 +289,6 @@ def _train_and_evaluate(config, workdir: str, clock: compilation_cache.CompileCl
 
     model = models.create_model(config.model)
     tx = optim.create_optimizer(config, epoch_steps)
-    optim.warn_if_warmup_clipped(config)
     state = train_state_lib.create_train_state_on_mesh(model, tx, config.seed, image_shape, mesh,
                                                        train_state_lib.uses_ema(config))
     logging.info('FacialNet: %d parameters; %d devices (%s); batch %d; %d steps per epoch; '
@@ -279,8 +301,13 @@ def _train_and_evaluate(config, workdir: str, clock: compilation_cache.CompileCl
     state = _resume(checkpoints, state, epoch_steps, config)
     if config.init_from and int(jax.device_get(state.step)) == 0:
       state = fine_tune.initialise_from(config, state, channels, mesh)
-    checkpoints.check_free_space(state)
     step = int(jax.device_get(state.step))
+    finished = _finished_results(workdir, step, total_steps)
+    if finished is not None:
+      checkpoints.close()
+      return finished
+    optim.warn_if_warmup_clipped(config)
+    checkpoints.check_free_space(state)
     save_config(config, workdir)
     save_every_epochs = checkpoint_every_epochs(config)
 
