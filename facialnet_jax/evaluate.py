@@ -131,7 +131,7 @@ def load_evaluation_data(run: restore.RestoredRun, split: str = 'test', dataset:
                       '--dataset to evaluate on a built data set.')
     return EvaluationData(input_pipeline.load_splits(config)[split], 'synthetic', '', split, '')
 
-  builder = input_pipeline.tfds_builder(data)
+  builder = input_pipeline.tfds_builder(data, data_dir_flag='--data_dir')
   name = f'{builder.name}/{builder.builder_config.name}'
   root = str(builder.data_dir_root)
   if own_data_set and split in PROTOCOL_SPLITS:

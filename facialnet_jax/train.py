@@ -72,8 +72,10 @@ def save_config(config, workdir: str) -> None:
                      config.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def _prepare_workdir(workdir: str) -> str:
+def _prepare_workdir(workdir: str) -> tuple[str, bool]:
+  """The workdir's absolute path, made if needed, and whether this call made it."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
+  created = not os.path.isdir(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
     # Named without asking JAX for the process index, which would start its backend.
@@ -84,7 +86,20 @@ def _prepare_workdir(workdir: str) -> str:
   except OSError as error:
     raise UserError(f'--workdir {workdir} cannot be written ({error.strerror}); choose a '
                     'directory you can write to.') from None
-  return workdir
+  return workdir, created
+
+
+def _remove_if_unused(workdir: str) -> None:
+  """Removes a workdir this run made when the run failed before writing anything there (a data
+  set not built, a batch that does not split): a folder holding only a lock file reads as a run
+  that started. Called with the lock held, so no other run can be using it."""
+  try:
+    if set(os.listdir(workdir)) <= {workdir_lock.LOCK_FILE}:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(workdir, workdir_lock.LOCK_FILE))
+      os.rmdir(workdir)
+  except OSError:
+    pass  # the folder is only left behind, as before
 
 
 def _hold_workdir(workdir: str):
@@ -255,12 +270,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   final results (also written to workdir/results.json)."""
   config_checks.check_config(config)
   # Before any data or device work: a busy workdir is reported at once.
-  workdir = _prepare_workdir(workdir)
+  workdir, created = _prepare_workdir(workdir)
   with _hold_workdir(workdir):
     clock = compilation_cache.CompileClock()
     timer = run_timing.RunTimer(clock)
     try:
       return _train_and_evaluate(config, workdir, clock, timer)
+    except BaseException:
+      if created:
+        _remove_if_unused(workdir)
+      raise
     finally:
       clock.close()
 
