@@ -4,6 +4,7 @@ checkpoint restores on another device count, and other data sets and bad workdir
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -167,6 +168,17 @@ def test_wrong_workdir_checkpoint_or_mixed_runs_are_clear_errors(workdir, tmp_pa
   (mixed / 'config.json').write_text(json.dumps(config))
   with pytest.raises(UserError, match='config'):
     restore.restore_run(str(mixed))
+
+
+def test_a_cross_validation_workdir_names_its_fold_folders(workdir, tmp_path):
+  cv = tmp_path / 'cv'
+  for fold in (1, 0, 10):  # listed in fold order, not by name
+    shutil.copytree(workdir, cv / f'fold_{fold}')
+  (cv / 'fold_2').mkdir()  # not started: no config.json
+  with pytest.raises(UserError, match=re.escape(
+      f'{cv} is a cross-validation workdir; use --workdir {cv}/fold_0 (folds: fold_0, fold_1, '
+      'fold_10).')):
+    restore.restore_run(str(cv))
 
 
 def test_cli_error_is_one_line(tmp_path):
