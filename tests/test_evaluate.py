@@ -2,6 +2,7 @@
 checkpoint restores on another device count, and other data sets and bad workdirs are handled."""
 
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from facialnet_jax import augment
 from facialnet_jax import demo_data
 from facialnet_jax import evaluate
 from facialnet_jax import input_pipeline
+from facialnet_jax import report
 from facialnet_jax import restore
 from facialnet_jax import train
 from facialnet_jax.errors import UserError
@@ -117,6 +119,32 @@ def test_cli_restores_onto_two_devices_and_writes_json_csv_png(workdir, test_eva
       rows = list(csv.reader(f))
     assert np.array([r[1:] for r in rows[1:]], int).tolist() == \
         test_evaluation.confusion[head].tolist()
+
+
+def test_predictions_csv_names_the_classes_and_unknown_labels(test_evaluation, tmp_path):
+  evaluate.write_predictions_csv(test_evaluation, tmp_path / 'predictions.csv')
+  with open(tmp_path / 'predictions.csv') as f:
+    rows = list(csv.DictReader(f))
+  split, probabilities = test_evaluation.data.split, test_evaluation.probabilities
+  names = {'gender': ('unknown', *report.GENDER_CLASS_NAMES),
+           'age': ('unknown', *report.AGE_CLASS_NAMES)}  # -1 → 'unknown'
+  for head, column, labels in (('gender', 'gender', split.gender),
+                               ('age', 'age_group', split.age_group)):
+    assert [row[column] for row in rows] == [names[head][label + 1] for label in labels]
+    assert [row[f'{column}_predicted'] for row in rows] == [
+        names[head][label + 1] for label in probabilities[head].argmax(-1)]
+  assert 'unknown' in {row['gender'] for row in rows} | {row['age_group'] for row in rows}
+
+
+def test_flip_confusion_matrices_say_so_in_their_titles(test_evaluation, tmp_path, monkeypatch):
+  titles = []
+  monkeypatch.setattr(report, 'plot_confusion_matrix',
+                      lambda matrix, classes, title, path: titles.append(title))
+  evaluate.write_evaluation(test_evaluation, tmp_path / 'plain')
+  evaluate.write_evaluation(dataclasses.replace(test_evaluation, flip=True), tmp_path / 'flip')
+  assert len(titles) == 4
+  assert not any('flip' in title for title in titles[:2])
+  assert all(title.endswith('labelled images, with flip') for title in titles[2:])
 
 
 def test_protocol_splits_are_the_ones_training_used(workdir):
