@@ -1,4 +1,4 @@
-"""Readable logs: the run's own lines at INFO; orbax's per-save chatter and libraries' start-up notices only as warnings."""
+"""Readable logs: the run's own lines at INFO; library chatter and start-up notices only as warnings."""
 
 import logging as std_logging
 import os

@@ -378,7 +378,8 @@ def _count(number: int, noun: str) -> str:
   return f'{number} {noun}{"" if number == 1 else "s"}'
 
 
-def closing_line(outcomes: collections.Counter, faces: int, outputs: dict[str, str | None]) -> str:
+def closing_line(outcomes: collections.Counter, faces: int,
+                 outputs: dict[str, str | None]) -> str:
   """The last line printed: how the photos went (`outcomes` counts 'faces', 'no face' and
   'failed') and where the outputs went (`outputs`: what → path, None when not asked for)."""
   counts = (f'{_count(sum(outcomes.values()), "photo")}: {outcomes["faces"]} with faces '
