@@ -418,6 +418,27 @@ def describe(result: PhotoResult, options: Options) -> list[str]:
       for number, prediction in enumerate(result.predictions, 1)]
 
 
+def _count(number: int, noun: str) -> str:
+  return f'{number} {noun}{"" if number == 1 else "s"}'
+
+
+def closing_line(outcomes: collections.Counter, faces: int,
+                 outputs: dict[str, str | None]) -> str:
+  """The last line printed: how the photos went (`outcomes` counts 'faces', 'no face' and
+  'failed') and where the outputs went (`outputs`: what → path, None when not asked for)."""
+  counts = (f'{_count(sum(outcomes.values()), "photo")}: {outcomes["faces"]} with faces '
+            f'({_count(faces, "face")} in all), {outcomes["no face"]} without a face, '
+            f'{outcomes["failed"]} failed{" (see their lines above)" if outcomes["failed"] else ""}')
+  written = [f'{what} in {path}' for what, path in outputs.items() if path]
+  where = ', '.join(written) if written else (
+      'printed above only (--annotate_dir, --output_json and --output_csv write them to files)')
+  return f'{counts}. Outputs: {where}.'
+
+
+def _outcome(result: PhotoResult) -> str:
+  return 'failed' if result.error else 'faces' if result.predictions else 'no face'
+
+
 FLAGS = flags.FLAGS
 
 
@@ -472,7 +493,7 @@ def main(argv):
   if FLAGS.annotate_dir:
     os.makedirs(FLAGS.annotate_dir, exist_ok=True)
   options = options_from_flags()
-  results, readable = [], 0
+  results, readable, outcomes, faces = [], 0, collections.Counter(), 0
   progress = Progress(len(photos))
   with _csv_writer(FLAGS.output_csv) as writer:
     video_results = video.predict_videos(
@@ -482,6 +503,8 @@ def main(argv):
                                                   keep_pixels=bool(FLAGS.annotate_dir),
                                                   batch_size=FLAGS.batch_size)):
       readable += not result.unreadable
+      outcomes[_outcome(result)] += 1
+      faces += len(result.predictions)
       print('\n'.join(describe(result, options)))
       if FLAGS.annotate_dir and result.rgb is not None:
         path = annotated_path(FLAGS.annotate_dir, result.photo, index)
@@ -502,6 +525,8 @@ def main(argv):
                 indent=2)
   if not readable and not videos:
     raise UserError(f'None of the {len(photos)} photo(s) could be read.')
+  print(closing_line(outcomes, faces, {'annotated copies': FLAGS.annotate_dir,
+                                       'JSON': FLAGS.output_json, 'CSV': FLAGS.output_csv}))
 
 
 @contextlib.contextmanager
