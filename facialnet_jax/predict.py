@@ -432,7 +432,8 @@ def closing_line(outcomes: collections.Counter, faces: int,
   written = [f'{what} in {path}' for what, path in outputs.items() if path]
   where = ', '.join(written) if written else (
       'printed above only (--annotate_dir, --output_json and --output_csv write them to files)')
-  return f'{counts}. Outputs: {where}.'
+  # Videos only: their own lines above told how they went.
+  return f'{counts + ". " if outcomes else ""}Outputs: {where}.'
 
 
 def _outcome(result: PhotoResult) -> str:
