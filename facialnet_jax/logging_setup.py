@@ -80,9 +80,15 @@ class _LibraryErrorsToFile(std_logging.Filter):
 
 def divert_stderr() -> None:
   """After a command's last line: anything printed later (library threads winding down, objects
-  collected at exit) goes to the details file, so the error stays the last line a user sees."""
+  collected at exit) goes to the details file if this run wrote one (else nowhere), so the
+  error stays the last line a user sees."""
   sys.stderr.flush()
-  target = os.open(_details['path'] or os.devnull, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+  path = _details['path']
+  # Only a details file that this run already wrote (a failed checkpoint write's report): an
+  # error about the workdir itself must leave it exactly as it was, without an empty file.
+  if not path or not os.path.isfile(path):
+    path = os.devnull
+  target = os.open(path, os.O_WRONLY | os.O_APPEND)
   os.dup2(target, 2)
   os.close(target)
 

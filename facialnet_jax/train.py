@@ -278,9 +278,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   config_checks.check_config(config)
   # Before any data or device work: a busy workdir is reported at once.
   workdir, created = _prepare_workdir(workdir)
-  if jax.process_index() == 0:
-    logging_setup.keep_details_in(os.path.join(workdir, ERRORS_FILE))
   with _hold_workdir(workdir):
+    # Only once the workdir is ours: a busy one (another run's) gets no file of this run's.
+    if jax.process_index() == 0:
+      logging_setup.keep_details_in(os.path.join(workdir, ERRORS_FILE))
     clock = compilation_cache.CompileClock()
     timer = run_timing.RunTimer(clock)
     try:

@@ -4,7 +4,6 @@ scorer's age agreement, and the CLI."""
 
 import collections
 import csv
-import importlib.util
 import json
 import os
 import pathlib
@@ -16,6 +15,7 @@ import matplotlib
 import numpy as np
 import pytest
 
+from benchmarks import score_photos
 from facialnet_jax import alignment
 from facialnet_jax import face_detection
 from facialnet_jax import predict
@@ -116,10 +116,6 @@ def test_batches_of_one_compiled_size_give_each_face_its_own_answer(workdir):
 
 
 def test_age_agreement_counts_overlapping_groups():
-  spec = importlib.util.spec_from_file_location('score_photos',
-                                                REPO_ROOT / 'benchmarks' / 'score_photos.py')
-  score_photos = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(score_photos)
   assert score_photos.age_agrees('25-32', '30-39') and score_photos.age_agrees('38-43', '30-39')
   assert not score_photos.age_agrees('48-53', '30-39')
   assert score_photos.age_agrees('60-100', '70+')
