@@ -11,6 +11,10 @@ default trains.
 
 The argument after the colon is the UTKFace run's workdir or an exported model's folder
 (default: shipped, the model shipped with the package). Build Adience as rgb75 first.
+
+Measured (adience-mini, 3,587 faces, 5 folds, from the shipped model, 2-core CPU, 64 min):
+gender 87.2 ± 3.3%, age exact 60.0 ± 7.0% (always the most common group: 56.4%), 1-off
+89.1 ± 2.7%.
 """
 
 from configs import adience

@@ -103,7 +103,17 @@ def pool(tables: list[dict[str, dict[str, dict]]]) -> dict[str, dict[str, dict]]
       for metric, total in right.items():
         count = values['gender_count' if metric.startswith('gender') else 'age_count']
         values[metric] = total / count if count else None
-  return pooled
+  # Groups first seen in a later table (a fold's only children) go to their place by age.
+  ordered = {}
+  for grouping, group_values in pooled.items():
+    order = _NAME_ORDER.get(grouping, ())  # races keep their first-seen order
+    ordered[grouping] = dict(sorted(group_values.items(), key=lambda item, order=order: (
+        order.index(item[0]) if item[0] in order else len(order))))
+  return ordered
+
+
+_NAME_ORDER = {'age_band': AGE_BANDS, 'age_group': age_groups.AGE_GROUP_NAMES,
+               'gender': GENDER_GROUP_NAMES}
 
 
 def _rows(table: dict[str, dict[str, dict]]):

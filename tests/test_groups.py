@@ -62,6 +62,22 @@ def test_without_exact_ages_the_adience_groups_are_used():
   assert list(table['age_group']) == ['8-13', '38-43']
 
 
+def _group(count, gender_accuracy, age_accuracy):
+  return {'count': count, 'gender_count': count, 'age_count': count,
+          'gender_accuracy': gender_accuracy, 'age_accuracy': age_accuracy,
+          'age_one_off_accuracy': age_accuracy}
+
+
+def test_pooled_folds_weigh_by_count_and_keep_the_age_order():
+  fold_a = {'age_group': {'25-32': _group(30, 1.0, 0.5), '60-100': _group(10, 0.5, 0.0)}}
+  fold_b = {'age_group': {'8-13': _group(2, 0.0, 1.0), '25-32': _group(10, 0.0, 0.1)}}
+  pooled = groups.pool([fold_a, fold_b])['age_group']
+  assert list(pooled) == ['8-13', '25-32', '60-100']  # fold b's children first, by age
+  assert pooled['25-32']['count'] == 40
+  assert pooled['25-32']['gender_accuracy'] == pytest.approx(30 / 40)
+  assert pooled['25-32']['age_accuracy'] == pytest.approx((15 + 1) / 40)
+
+
 def test_picture_is_written(tmp_path):
   table = {'0-2': {'count': 3, 'gender_accuracy': 0.5}, '3-9': {'count': 2, 'gender_accuracy': None}}
   path = tmp_path / 'by_age.png'
