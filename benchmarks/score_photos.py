@@ -2,6 +2,7 @@
 
   python benchmarks/score_photos.py [--workdir W] --ground_truth ../shared/data/fairface-dev/\
 ground_truth.json [--checkpoint best] [--flip] [--min_face_size 40] [--min_confidence 0.9]
+      [--backend jax | onnx | jax,onnx]
       [--output scores.json] [--picture by_decade.png]
   python benchmarks/score_photos.py --ground_truth GT.json --predictions predict_output.json
 
@@ -45,6 +46,11 @@ flags.DEFINE_bool('flip', None, 'Flip test-time augmentation; default: the model
 flags.DEFINE_integer('min_face_size', face_detection.DEFAULT_MIN_FACE_SIZE, 'As predict.')
 flags.DEFINE_float('min_confidence', face_detection.DEFAULT_MIN_CONFIDENCE, 'As predict.')
 flags.DEFINE_integer('batch_size', predict.DEFAULT_BATCH_SIZE, 'As predict.')
+flags.DEFINE_list('backend', ['jax'], 'As predict (jax, onnx); several, e.g. jax,onnx, score and '
+                  'time each in turn in this one process (the output then has one entry each '
+                  'under "backends").')
+flags.register_validator('backend', lambda names: set(names) <= set(predict.BACKENDS),
+                         message=f'--backend takes names from {", ".join(predict.BACKENDS)}')
 flags.DEFINE_string('output', None, 'Write the scores to this JSON file.')
 flags.DEFINE_string('picture', None, 'Draw gender accuracy and age agreement by decade into '
                     'this PNG.')
@@ -105,13 +111,13 @@ def run_prediction(paths: list[str], workdir: str | None = None, checkpoint: str
                    flip: bool | None = None, batch_size: int = predict.DEFAULT_BATCH_SIZE,
                    min_face_size: int = face_detection.DEFAULT_MIN_FACE_SIZE,
                    min_confidence: float = face_detection.DEFAULT_MIN_CONFIDENCE,
-                   ) -> tuple[dict[str, dict], dict]:
+                   backend: str = 'jax') -> tuple[dict[str, dict], dict]:
   """Predict's own pipeline on `paths` (shipped model without `workdir`), timed end to end
   after a warm-up; per-photo JSON keyed by file name, and the timing."""
   start = time.perf_counter()
   run = exported_model.load_run(workdir, checkpoint)
   flip = bool(run.config.get('flip_test', False)) if flip is None else flip
-  predictor = predict.make_predictor(run, batch_size, flip)
+  predictor = predict.backend_predictor(backend, run, batch_size, flip)
   predictor(np.zeros((1, run.stored_image_size, run.stored_image_size, run.channels), np.uint8))
   options = predict.Options(min_face_size=min_face_size, min_confidence=min_confidence)
   # The detector's first call sets OpenCV's networks up: part of start-up too.
@@ -119,7 +125,7 @@ def run_prediction(paths: list[str], workdir: str | None = None, checkpoint: str
   started = time.perf_counter()
   results = list(predict.predict_photos(paths, run, predictor, options, batch_size=batch_size))
   seconds = time.perf_counter() - started
-  timing = {'model': run.describe(), 'step': run.step, 'flip': flip,
+  timing = {'model': run.describe(), 'step': run.step, 'flip': flip, 'backend': backend,
             'min_face_size': min_face_size, 'min_confidence': min_confidence,
             'startup_seconds': round(started - start, 2), 'seconds': round(seconds, 2),
             'photos_per_second': round(len(paths) / seconds, 2),
@@ -148,15 +154,19 @@ def main(argv):
   if FLAGS.predictions:
     with open(FLAGS.predictions, encoding='utf-8') as f:
       photos = {os.path.basename(p['photo']): p for p in json.load(f)['photos']}
-    extra = {'predictions': FLAGS.predictions}
+    scores = {**score(truth, photos), 'predictions': FLAGS.predictions}
   else:
-    photos, extra = run_prediction(
-        [os.path.join(folder, row['filename']) for row in truth], FLAGS.workdir,
-        FLAGS.checkpoint, FLAGS.flip, FLAGS.batch_size, FLAGS.min_face_size,
-        FLAGS.min_confidence)
-  scores = {**score(truth, photos), **extra}
+    by_backend = {}
+    for backend in FLAGS.backend:
+      photos, timing = run_prediction(
+          [os.path.join(folder, row['filename']) for row in truth], FLAGS.workdir,
+          FLAGS.checkpoint, FLAGS.flip, FLAGS.batch_size, FLAGS.min_face_size,
+          FLAGS.min_confidence, backend)
+      by_backend[backend] = {**score(truth, photos), **timing}
+    scores = (by_backend[FLAGS.backend[0]] if len(by_backend) == 1
+              else {'backends': by_backend})
   print(json.dumps(scores, indent=2))
-  if FLAGS.picture:
+  if FLAGS.picture and 'by_decade' in scores:
     plot_by_decade(scores, FLAGS.picture, f'{os.path.basename(folder)}: largest face per photo')
   if FLAGS.output:
     with open(FLAGS.output, 'w', encoding='utf-8') as f:

@@ -184,7 +184,7 @@ def _setup_lines(config: ml_collections.ConfigDict, fold_metrics: dict[int, dict
       'hash of user_id) are held out for validation. Every test image counts (the last batch is '
       'padded and masked).',
       f'Reported checkpoint of each run: {chosen}.',
-      f'Training: {config.num_epochs} epochs, batch {config.batch_size}, SGD lr '
+      f'Training: {config.num_epochs} epoch{"" if config.num_epochs == 1 else "s"}, batch {config.batch_size}, SGD lr '
       f'{optimizer.learning_rate:g}, momentum {optimizer.momentum:g}, weight decay '
       f'{optimizer.weight_decay:g}, schedule {schedule.name}, augmentation {augment}, '
       f'input {config.model.input_size}×{config.model.input_size}.',

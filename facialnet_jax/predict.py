@@ -164,6 +164,22 @@ def make_predictor(run: restore.RestoredRun, batch_size: int = DEFAULT_BATCH_SIZ
   return predict
 
 
+BACKENDS = ('jax', 'onnx')
+
+
+def backend_predictor(backend: str, run: restore.RestoredRun, batch_size: int,
+                      flip: bool) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+  """make_predictor's predict() computed by `backend`: 'jax' or 'onnx' (onnxruntime running
+  the run exported by facialnet_jax.onnx_export, which computes the same probabilities)."""
+  if backend not in BACKENDS:
+    raise ValueError(f'unknown backend {backend!r}; expected one of {BACKENDS}')
+  if backend == 'jax':
+    return make_predictor(run, batch_size, flip)
+  from facialnet_jax import onnx_export  # pylint: disable=import-outside-toplevel
+  return onnx_export.make_predictor(onnx_export.to_onnx(run, flip).SerializeToString(),
+                                    batch_size)
+
+
 @dataclasses.dataclass(frozen=True)
 class Options:
   """How faces are found: the predict flags of the same names."""
@@ -460,6 +476,9 @@ def define_flags() -> None:
                      upper_bound=1)
   flags.DEFINE_integer('batch_size', DEFAULT_BATCH_SIZE, 'Faces per network call (one compiled '
                        'size, padded).', lower_bound=1)
+  flags.DEFINE_enum('backend', 'jax', BACKENDS, 'jax: the compiled JAX model; onnx: '
+                    'the same model exported to ONNX in memory and run by onnxruntime (needs '
+                    'the onnx extra; what facialnet_jax.export writes).')
   flags.DEFINE_string('annotate_dir', None, 'Write a copy of each photo with its faces marked '
                       'into this directory.')
   flags.DEFINE_string('output_json', None, 'Also write every result to this JSON file.')
@@ -490,7 +509,7 @@ def main(argv):
   flip = FLAGS.flip if FLAGS.flip is not None else bool(run.config.get('flip_test', False))
   print(f'Model: {run.describe()}; faces as {run.stored_image_size}×{run.stored_image_size} '
         f'{"grayscale" if run.channels == 1 else "RGB"}{", with flip" if flip else ""}.')
-  predictor = make_predictor(run, FLAGS.batch_size, flip)
+  predictor = backend_predictor(FLAGS.backend, run, FLAGS.batch_size, flip)
   if FLAGS.annotate_dir:
     os.makedirs(FLAGS.annotate_dir, exist_ok=True)
   options = options_from_flags()

@@ -145,12 +145,15 @@ def plot_training_curves(runs: Sequence[Curves], title: str, path: str) -> None:
         steps, values = zip(*points)
         epochs = np.asarray(steps) / max(run.steps_per_epoch, 1)
         values = np.asarray(values) * (1 if tag.endswith('loss') else 100)
+        # A lone point (a one-epoch run) is invisible as a line: it gets a marker too.
+        marker = 'o' if kind == 'validation' or len(epochs) == 1 else None
         panel.plot(epochs, values, linestyle='-' if kind == 'validation' else '--',
-                   marker='o' if kind == 'validation' else None, markersize=3,
+                   marker=marker, markersize=3,
                    color=colours(index % 10),
                    label=f'{run.label} {kind}' if len(runs) > 1 else kind)
     panel.set_title(panel_title, fontsize=10)
     panel.set_xlabel('epoch')
+    panel.set_xlim(left=0)  # else a short run's axis spans a fraction of one epoch
     panel.set_ylabel('loss' if panel_title == 'Loss' else '%')
     panel.grid(alpha=0.3)
   handles, labels = axes[-1].get_legend_handles_labels()

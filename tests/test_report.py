@@ -55,3 +55,17 @@ def test_markdown_table_five_layout_and_partial_protocol():
   assert '| *For scale: always the test fold\'s most common class* | *50.0* | *40.0* | *60.0* |' \
       in text
   assert '![Curves](c.png)' in text
+
+
+def test_a_one_epoch_run_shows_its_points_on_an_axis_from_epoch_zero(tmp_path, monkeypatch):
+  figures = []
+  monkeypatch.setattr(report.plt, 'close', figures.append)
+  curves = report.Curves('fold 0', {'train/loss': [(10, 1.2)],
+                                    'train/gender_accuracy': [(10, 0.8)],
+                                    'validation/gender_accuracy': [(10, 0.9)]}, steps_per_epoch=10)
+  report.plot_training_curves([curves], 'one epoch', str(tmp_path / 'curves.png'))
+  assert (tmp_path / 'curves.png').stat().st_size > 0
+  loss_panel, gender_panel = figures[0].axes[:2]
+  for panel in (loss_panel, gender_panel):
+    assert panel.lines and all(line.get_marker() == 'o' for line in panel.lines)
+    assert panel.get_xlim()[0] == 0 and panel.get_xlim()[1] >= 1
