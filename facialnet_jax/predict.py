@@ -508,7 +508,8 @@ def main(argv):
   run = exported_model.load_run(FLAGS.workdir, FLAGS.checkpoint)
   flip = FLAGS.flip if FLAGS.flip is not None else bool(run.config.get('flip_test', False))
   print(f'Model: {run.describe()}; faces as {run.stored_image_size}×{run.stored_image_size} '
-        f'{"grayscale" if run.channels == 1 else "RGB"}{", with flip" if flip else ""}.')
+        f'{"grayscale" if run.channels == 1 else "RGB"}{", with flip" if flip else ""}'
+        f'{"; exported to ONNX, run by onnxruntime" if FLAGS.backend == "onnx" else ""}.')
   predictor = backend_predictor(FLAGS.backend, run, FLAGS.batch_size, flip)
   if FLAGS.annotate_dir:
     os.makedirs(FLAGS.annotate_dir, exist_ok=True)
