@@ -22,15 +22,17 @@ namespace {
 
 enum Kind { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
 
-// One convolution problem: batch, input size, channels, kernel, stride, padding.
+// One convolution problem: batch, input size, channels, kernel size, stride, padding.
+// Kernels may be non-square: conv.py splits stride-2 kernel gradients into stride-1 ones
+// over 2x2, 2x1, 1x2 and 1x1 sub-kernels.
 struct Shape {
-  int64_t n, h, w, c, o, k, s, p;
-  int64_t oh() const { return (h + 2 * p - k) / s + 1; }
-  int64_t ow() const { return (w + 2 * p - k) / s + 1; }
+  int64_t n, h, w, c, o, kh, kw, s, p;
+  int64_t oh() const { return (h + 2 * p - kh) / s + 1; }
+  int64_t ow() const { return (w + 2 * p - kw) / s + 1; }
   // Exact right/bottom padding: rows that no window reaches are not padding oneDNN must invent.
-  int64_t pr_h() const { return (oh() - 1) * s + k - h - p; }
-  int64_t pr_w() const { return (ow() - 1) * s + k - w - p; }
-  auto key(int kind) const { return std::make_tuple(kind, n, h, w, c, o, k, s, p); }
+  int64_t pr_h() const { return (oh() - 1) * s + kh - h - p; }
+  int64_t pr_w() const { return (ow() - 1) * s + kw - w - p; }
+  auto key(int kind) const { return std::make_tuple(kind, n, h, w, c, o, kh, kw, s, p); }
 };
 
 // A primitive with the reorders between JAX's kernel layout (HWIO) and the one it prefers.
@@ -48,7 +50,8 @@ struct Prepared {
 // oneDNN runs its own OpenMP threads over all cores, so one convolution at a time is
 // what the machine can do anyway; the lock also makes the shared scratch buffers safe.
 std::mutex g_mu;
-std::map<std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t>,
+std::map<std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                    int64_t>,
          Prepared>
     g_cache;
 std::vector<uint8_t> g_scratch, g_wei, g_src, g_dst;
@@ -73,12 +76,13 @@ Prepared& Prepare(const Shape& sh, int kind) {
   auto src = Act(sh.n, sh.c, sh.h, sh.w, dt::bf16);
   auto dst = Act(sh.n, sh.o, sh.oh(), sh.ow(), dt::bf16);
   dt wtype = kind == kBackwardWeights ? dt::f32 : dt::bf16;
-  auto wei_any = memory::desc({sh.o, sh.c, sh.k, sh.k}, wtype, tag::any);
+  memory::dims wdims = {sh.o, sh.c, sh.kh, sh.kw};
+  auto wei_any = memory::desc(wdims, wtype, tag::any);
   Prepared out;
-  out.wei_user = memory::desc({sh.o, sh.c, sh.k, sh.k}, wtype, tag::hwio);
+  out.wei_user = memory::desc(wdims, wtype, tag::hwio);
   auto fwd_pd = dnnl::convolution_forward::primitive_desc(
       eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src,
-      memory::desc({sh.o, sh.c, sh.k, sh.k}, dt::bf16, tag::any), dst, strides, pl, pr, attr);
+      memory::desc(wdims, dt::bf16, tag::any), dst, strides, pl, pr, attr);
   if (kind == kForward) {
     out.conv = dnnl::convolution_forward(fwd_pd);
     out.wei_conv = fwd_pd.weights_desc();
@@ -91,8 +95,8 @@ Prepared& Prepare(const Shape& sh, int kind) {
     out.wei_conv = pd.weights_desc();
     out.scratch_bytes = pd.scratchpad_desc().get_size();
   } else {
-    // oneDNN 3.2's bf16 kernel-gradient code is slow on NHWC activations with stride 2 (16-25
-    // GFLOP/s against ~120 at stride 1); letting it pick their layout costs two reorders.
+    // oneDNN 3.2's bf16 kernel-gradient code prefers blocked activations (aBcd16b) to NHWC;
+    // letting it pick their layout costs two reorders.
     auto src_any = memory::desc({sh.n, sh.c, sh.h, sh.w}, dt::bf16, tag::any);
     auto dst_any = memory::desc({sh.n, sh.o, sh.oh(), sh.ow()}, dt::bf16, tag::any);
     auto pd = dnnl::convolution_backward_weights::primitive_desc(
@@ -172,7 +176,7 @@ ffi::Error Run(const Shape& sh, int kind, void* src, void* wei, void* dst) {
 
 Shape FromDims(ffi::Span<const int64_t> act, ffi::Span<const int64_t> kernel, int64_t s,
                int64_t p) {
-  return Shape{act[0], act[1], act[2], act[3], kernel[3], kernel[0], s, p};
+  return Shape{act[0], act[1], act[2], act[3], kernel[3], kernel[0], kernel[1], s, p};
 }
 
 ffi::Error Forward(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w,
