@@ -112,7 +112,7 @@ def _load() -> None:
   try:
     lib = ctypes.CDLL(build(find_onednn()))
   except OSError as e:
-    raise Unavailable(f'loading the library failed: {e}') from e
+    raise Unavailable(f'building or loading the library failed: {e}') from e
   if not lib.facialnet_onednn_has_bf16():
     raise Unavailable('this CPU lacks the AVX512-BF16 instructions they are fast with')
   for target, symbol in TARGETS.items():
