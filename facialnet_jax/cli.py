@@ -23,8 +23,10 @@ def _one_line(error: BaseException) -> str:
   return last[:-1] if last.count("'") % 2 and last.endswith("'") else last
 
 
-def _exit_with(message: str, status: int) -> None:
+def _exit_with(message: str, status: int, last_line: bool = False) -> None:
   print(f'error: {message}', file=sys.stderr)
+  if last_line:
+    logging_setup.divert_stderr()
   sys.exit(status)
 
 
@@ -52,6 +54,6 @@ def run(main: Callable[[list[str]], None]) -> None:
     try:
       main(argv)
     except UserError as error:
-      _exit_with(str(error), getattr(error, 'exit_status', 1))
+      _exit_with(str(error), getattr(error, 'exit_status', 1), last_line=True)
 
   app.run(guarded_main, flags_parser=_parse_flags)

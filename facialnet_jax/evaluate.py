@@ -39,10 +39,13 @@ from facialnet_jax import restore
 from facialnet_jax import sharding
 from facialnet_jax import steps
 from facialnet_jax.errors import UserError
+from facialnet_jax.metrics import UNKNOWN_LABEL
 
 PROTOCOL_SPLITS = ('train', 'validation', 'test')
 METRICS_FILE = 'metrics.json'
 PREDICTIONS_FILE = 'predictions.csv'
+# A missing label (UNKNOWN_LABEL) in predictions.csv.
+UNKNOWN_NAME = 'unknown'
 # Head → the label key of a split.
 LABEL_KEYS = {'gender': 'gender', 'age': 'age_group'}
 
@@ -142,7 +145,7 @@ def load_evaluation_data(run: restore.RestoredRun, split: str = 'test', dataset:
                       '--dataset to evaluate on a built data set.')
     return EvaluationData(input_pipeline.load_splits(config)[split], 'synthetic', '', split, '')
 
-  builder = input_pipeline.tfds_builder(data)
+  builder = input_pipeline.tfds_builder(data, data_dir_flag='--data_dir')
   name = f'{builder.name}/{builder.builder_config.name}'
   root = str(builder.data_dir_root)
   if own_data_set and split in PROTOCOL_SPLITS:
@@ -208,8 +211,14 @@ def default_output_dir(evaluation: Evaluation) -> str:
   return os.path.join(base, 'evaluation', _safe_name(name))
 
 
+def class_name(head: str, label: int) -> str:
+  """The name of class `label` of `head` ('female', '25-32'); UNKNOWN_NAME for a missing label."""
+  return UNKNOWN_NAME if label == UNKNOWN_LABEL else report.CLASS_NAMES[head][label]
+
+
 def write_predictions_csv(evaluation: Evaluation, path: str) -> None:
-  """One row per example: labels (-1 unknown), predicted classes and every class probability."""
+  """One row per example: labels ('unknown' when missing) and predicted classes by name, and
+  every class probability."""
   split, probabilities = evaluation.data.split, evaluation.probabilities
   with open(path, 'w', newline='') as f:
     writer = csv.writer(f)
@@ -218,10 +227,11 @@ def write_predictions_csv(evaluation: Evaluation, path: str) -> None:
                      'age_group', 'age_group_predicted',
                      *(f'p_age_{c}' for c in report.AGE_CLASS_NAMES)])
     for i in range(len(split)):
-      writer.writerow([i, split.subject_id[i], int(split.gender[i]),
-                       int(probabilities['gender'][i].argmax()),
+      writer.writerow([i, split.subject_id[i], class_name('gender', int(split.gender[i])),
+                       class_name('gender', int(probabilities['gender'][i].argmax())),
                        *(f'{p:.6f}' for p in probabilities['gender'][i]),
-                       int(split.age_group[i]), int(probabilities['age'][i].argmax()),
+                       class_name('age', int(split.age_group[i])),
+                       class_name('age', int(probabilities['age'][i].argmax())),
                        *(f'{p:.6f}' for p in probabilities['age'][i])])
 
 
@@ -238,7 +248,8 @@ def write_evaluation(evaluation: Evaluation, output_dir: str) -> list[str]:
     base = os.path.join(output_dir, f'confusion_{head}')
     report.write_confusion_csv(matrix, classes, base + '.csv')
     title = (f'{report.HEAD_TITLES[head]}: {evaluation.data.dataset} {evaluation.data.split_name}'
-             f'\nstep {evaluation.run.step}, {int(matrix.sum())} labelled images')
+             f'\nstep {evaluation.run.step}, {int(matrix.sum())} labelled images'
+             f'{", with flip" if evaluation.flip else ""}')
     report.plot_confusion_matrix(matrix, classes, title, base + '.png')
     written += [base + '.csv', base + '.png']
   table = evaluation.per_group()

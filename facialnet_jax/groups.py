@@ -106,35 +106,32 @@ def pool(tables: list[dict[str, dict[str, dict]]]) -> dict[str, dict[str, dict]]
   return pooled
 
 
-def markdown_table(table: dict[str, dict[str, dict]]) -> list[str]:
-  """The per-group table as markdown lines (percentages, counts of labelled examples)."""
-  lines = ['| group | examples | gender (n) | age exact (n) | age 1-off |', '|---|---|---|---|---|']
-
-  def percent(value):
-    return '–' if value is None else f'{100 * value:.1f}%'
-
+def _rows(table: dict[str, dict[str, dict]]):
+  """(label, values) per group of every grouping, in the table's order."""
   for grouping, group_values in table.items():
     for name, values in group_values.items():
-      lines.append(f'| {grouping.replace("_", " ")} {name} | {values["count"]} | '
-                   f'{percent(values["gender_accuracy"])} ({values["gender_count"]}) | '
-                   f'{percent(values["age_accuracy"])} ({values["age_count"]}) | '
-                   f'{percent(values["age_one_off_accuracy"])} |')
-  return lines
+      yield f'{grouping.replace("_", " ")} {name}', values
+
+
+def _percent(value: float | None, empty: str = '–') -> str:
+  return empty if value is None else f'{100 * value:.1f}'
+
+
+def markdown_table(table: dict[str, dict[str, dict]]) -> list[str]:
+  """The per-group table as markdown lines (percentages, counts of labelled examples)."""
+  return ['| group | examples | gender % (n) | age exact % (n) | age 1-off % |',
+          '|---|---|---|---|---|'] + [
+      f'| {label} | {v["count"]} | {_percent(v["gender_accuracy"])} ({v["gender_count"]}) | '
+      f'{_percent(v["age_accuracy"])} ({v["age_count"]}) | '
+      f'{_percent(v["age_one_off_accuracy"])} |' for label, v in _rows(table)]
 
 
 def format_table(table: dict[str, dict[str, dict]]) -> str:
   """The per-group table as aligned text lines, one group per line, for the terminal and logs."""
-  lines = [f'{"group":<16}{"n":>7}{"gender":>9}{"age":>8}{"1-off":>8}']
-
-  def percent(value):
-    return '     -' if value is None else f'{100 * value:6.1f}'
-
-  for grouping, groups in table.items():
-    for name, values in groups.items():
-      lines.append(f'{grouping + " " + name:<16}{values["count"]:>7}'
-                   f'{percent(values["gender_accuracy"]):>9}{percent(values["age_accuracy"]):>8}'
-                   f'{percent(values["age_one_off_accuracy"]):>8}')
-  return '\n'.join(lines)
+  return '\n'.join([f'{"group":<16}{"n":>7}{"gender":>9}{"age":>8}{"1-off":>8}'] + [
+      f'{label:<16}{v["count"]:>7}{_percent(v["gender_accuracy"], "-"):>9}'
+      f'{_percent(v["age_accuracy"], "-"):>8}{_percent(v["age_one_off_accuracy"], "-"):>8}'
+      for label, v in _rows(table)])
 
 
 def plot_by_age(curves: dict[str, tuple[dict[str, dict], str]], path: str, title: str) -> None:

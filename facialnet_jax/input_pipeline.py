@@ -7,6 +7,7 @@ never used to choose anything.
 
 import concurrent.futures
 import dataclasses
+import glob
 import importlib
 import os
 import zlib
@@ -125,8 +126,39 @@ def synthetic_split(num_examples: int, image_size: int, seed: int,
   return HostSplit(images, gender, age_group, subject_id)
 
 
-def tfds_builder(data_config):
-  """The TFDS builder named by the config; a clear error when it has not been built.
+def built_elsewhere(name: str, builder_config: str, searched: str) -> str | None:
+  """A data dir other than `searched` that holds a build of `name/builder_config`, among those a
+  `tfds build --data_dir` most likely went to: TFDS's default, the current directory and its
+  subfolders; None when none does."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  here = os.getcwd()
+  candidates = [tfds.core.constants.get_default_data_dir(), here] + sorted(
+      entry.path for entry in os.scandir(here) if entry.is_dir() and entry.name[0] != '.')
+  for candidate in candidates:
+    if (os.path.realpath(candidate) != os.path.realpath(searched)
+        and glob.glob(os.path.join(glob.escape(candidate), name, builder_config, '*',
+                                   'dataset_info.json'))):
+      return candidate
+  return None
+
+
+def _not_built_message(name: str, builder_config: str, data_dir_root: str,
+                       data_dir: str | None, data_dir_flag: str) -> str:
+  """The one-line error for a data set missing from `data_dir_root` (the configured `data_dir`,
+  or None for TFDS's default): the data dir where it is built when one is found, else both ways
+  on."""
+  missing = f'The data set {name}/{builder_config} has not been built in {data_dir_root}'
+  found = built_elsewhere(name, builder_config, data_dir_root)
+  if found:
+    return f'{missing}, but it is in {found}: pass {data_dir_flag}={found}.'
+  return (f'{missing}. If you built it into another data dir, pass {data_dir_flag}=DIR; '
+          f'otherwise build it with `tfds build {name} --config {builder_config} --manual_dir DIR'
+          f'{" --data_dir " + data_dir if data_dir else ""}` (see README.md, "Data").')
+
+
+def tfds_builder(data_config, data_dir_flag: str = '--config.data.data_dir'):
+  """The TFDS builder named by the config; a clear error when it has not been built, naming
+  `data_dir_flag` (the command's flag for the data dir) when it is built elsewhere.
 
   With `data.demo` the synthetic demo data set is generated and built first when missing.
   """
@@ -143,11 +175,8 @@ def tfds_builder(data_config):
   data_dir = os.path.expanduser(data_config.data_dir) if data_config.data_dir else None
   builder = tfds.builder(f'{name}/{data_config.builder_config}', data_dir=data_dir)
   if not builder.is_prepared():
-    raise UserError(
-        f'The data set {name}/{data_config.builder_config} has not been built in '
-        f'{builder.data_dir_root}; build it with `tfds build {name} '
-        f'--config {data_config.builder_config} --manual_dir DIR'
-        f'{" --data_dir " + data_dir if data_dir else ""}` (see README.md, "Data").')
+    raise UserError(_not_built_message(name, data_config.builder_config,
+                                       str(builder.data_dir_root), data_dir, data_dir_flag))
   return builder
 
 

@@ -1,8 +1,16 @@
-"""Readable logs: the run's own lines at INFO, orbax's per-save chatter only as warnings."""
+"""Readable logs: the run's own lines at INFO; library chatter and start-up notices only as warnings; library error reports in the workdir."""
 
 import logging as std_logging
+import os
+import sys
+import threading
 
 from absl import logging
+
+# Loggers whose INFO lines read as problems though nothing is wrong: JAX looking for a TPU
+# ("Unable to initialize backend 'tpu' ... libtpu.so") and setting up the compilation cache
+# ("Resetting cache at <empty>", which reads as a wiped cache). Their warnings still show.
+_QUIET_LOGGERS = ('jax._src.xla_bridge', 'jax._src.compilation_cache')
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -13,5 +21,133 @@ class _QuietLibraries(std_logging.Filter):
 
 
 def configure() -> None:
+  """Called by every command before it imports JAX or TensorFlow."""
+  # TensorFlow's start-up notices, read when it loads (so set before that; a value the user set
+  # is kept). Its oneDNN notice (twice, each with absl's "before InitializeLog" line) ignores
+  # TF_CPP_MIN_LOG_LEVEL and goes only with the oneDNN ops themselves, which change nothing
+  # here: TensorFlow only writes the event files and reads TFRecord builds, no float maths.
+  # TF_CPP_MIN_LOG_LEVEL=1 drops the other INFO notices (e.g. cpu_feature_guard's), not warnings.
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
   logging.set_verbosity(logging.INFO)
+  for name in _QUIET_LOGGERS:
+    std_logging.getLogger(name).setLevel(std_logging.WARNING)
   std_logging.getLogger('absl').addFilter(_QuietLibraries())
+  std_logging.getLogger('absl').addFilter(_LibraryErrorsToFile())
+  filter_stderr()
+
+
+# Where the full text of library errors goes (a run's W/errors.log), once a run has a workdir.
+_details = {'path': None}
+
+
+def keep_details_in(path: str | None) -> None:
+  """Library error reports (orbax's tracebacks of a failed write) go to `path` from now on."""
+  _details['path'] = path
+
+
+def _append_details(text: str) -> None:
+  if _details['path']:
+    try:
+      with open(_details['path'], 'a', encoding='utf-8') as f:
+        f.write(text + '\n')
+    except OSError:  # A full disk can refuse this too; the error line still says what matters.
+      pass
+
+
+class _LibraryErrorsToFile(std_logging.Filter):
+  """Orbax's ERROR records (each with a traceback, several per failed checkpoint write) go to
+  the details file; the terminal gets one line saying where, the first time."""
+
+  def __init__(self):
+    super().__init__()
+    self._noted = False
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if record.levelno < std_logging.ERROR or '/orbax/' not in record.pathname:
+      return True
+    _append_details(std_logging.Formatter('%(asctime)s %(pathname)s:%(lineno)d %(message)s')
+                    .format(record))
+    if self._noted:
+      return False
+    self._noted = True
+    first_line = record.getMessage().splitlines()[0][:200]
+    where = f'its full report is in {_details["path"]}' if _details['path'] else 'no details kept'
+    record.msg, record.args, record.exc_info, record.exc_text = (
+        f'orbax reported an error ({first_line}); {where}.', (), None, None)
+    return True
+
+
+def divert_stderr() -> None:
+  """After a command's last line: anything printed later (library threads winding down, objects
+  collected at exit) goes to the details file if this run wrote one (else nowhere), so the
+  error stays the last line a user sees."""
+  sys.stderr.flush()
+  path = _details['path']
+  # Only a details file that this run already wrote (a failed checkpoint write's report): an
+  # error about the workdir itself must leave it exactly as it was, without an empty file.
+  if not path or not os.path.isfile(path):
+    path = os.devnull
+  target = os.open(path, os.O_WRONLY | os.O_APPEND)
+  os.dup2(target, 2)
+  os.close(target)
+
+
+# Tracebacks that libraries print after a failure that the run has already reported, by their
+# last line: tensorstore's threads telling orbax's closed event loop about writes that failed.
+_HARMLESS_TRACEBACKS = ('RuntimeError: Event loop is closed',)
+
+
+class _StderrWithoutHarmlessTracebacks:
+  """sys.stderr, with whole traceback blocks ending in _HARMLESS_TRACEBACKS sent to the details
+  file instead; every other line passes through unchanged, and at once."""
+
+  def __init__(self, stream):
+    self._stream = stream
+    self._lock = threading.Lock()
+    self._partial = ''
+    self._block: list[str] | None = None
+
+  def write(self, text: str) -> int:
+    with self._lock:
+      self._partial += text
+      *lines, self._partial = self._partial.split('\n')
+      for line in lines:
+        self._line(line + '\n')
+      if self._partial and self._block is None and not self._partial.startswith('Traceback'):
+        self._stream.write(self._partial)  # a prompt or progress text without a newline
+        self._partial = ''
+    return len(text)
+
+  def _line(self, line: str) -> None:
+    if self._block is None:
+      if line.startswith('Traceback (most recent call last):'):
+        self._block = [line]
+      else:
+        self._stream.write(line)
+      return
+    self._block.append(line)
+    if line[:1] not in (' ', '\t'):  # the exception's own line ends the block
+      block, self._block = ''.join(self._block), None
+      if line.strip() in _HARMLESS_TRACEBACKS:
+        _append_details(block.rstrip('\n'))
+      else:
+        self._stream.write(block)
+
+  def flush(self) -> None:
+    with self._lock:
+      if self._block:
+        self._stream.write(''.join(self._block))
+        self._block = None
+      self._stream.write(self._partial)
+      self._partial = ''
+      self._stream.flush()
+
+  def __getattr__(self, name):
+    return getattr(self._stream, name)
+
+
+def filter_stderr() -> None:
+  """Installs the filtering sys.stderr (commands call it once, at start)."""
+  if not isinstance(sys.stderr, _StderrWithoutHarmlessTracebacks):
+    sys.stderr = _StderrWithoutHarmlessTracebacks(sys.stderr)

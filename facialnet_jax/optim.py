@@ -3,8 +3,35 @@
 import jax
 import jax.numpy as jnp
 import optax
+from absl import logging
 
 SCHEDULES = ('constant', 'piecewise', 'cosine', 'plateau')
+# A warm-up longer than this fraction of the run leaves the schedule no room: a 2-epoch run of
+# configs/utkface.py (5 warm-up epochs) would end still warming up, its cosine never started...
+LONGEST_WARMUP_FRACTION = 0.5
+# ...so it is cut to this fraction of the run (the recipes warm up for 1 to 5% of their epochs).
+CLIPPED_WARMUP_FRACTION = 0.1
+
+
+def warmup_epochs(config) -> float:
+  """config.schedule.warmup_epochs, or CLIPPED_WARMUP_FRACTION of the run where the configured
+  warm-up would take more than LONGEST_WARMUP_FRACTION of it."""
+  warmup = config.schedule.warmup_epochs
+  if warmup > LONGEST_WARMUP_FRACTION * config.num_epochs:
+    return CLIPPED_WARMUP_FRACTION * config.num_epochs
+  return warmup
+
+
+def warn_if_warmup_clipped(config) -> None:
+  """One warning line when `warmup_epochs` cut the configured warm-up (called once per run)."""
+  used = warmup_epochs(config)
+  if used != config.schedule.warmup_epochs:
+    logging.warning(
+        'config.schedule.warmup_epochs=%g is more than half of config.num_epochs=%d: warming up '
+        'for %g epochs instead (%d%% of the run), so that the learning-rate schedule runs its '
+        'course; set a warm-up of at most half the run to choose it yourself.',
+        config.schedule.warmup_epochs, config.num_epochs, used,
+        round(100 * CLIPPED_WARMUP_FRACTION))
 
 
 def create_learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
@@ -16,7 +43,7 @@ def create_learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedul
   learning_rate = config.optimizer.learning_rate
   schedule = config.schedule
   total_steps = config.num_epochs * steps_per_epoch
-  warmup_steps = int(round(schedule.warmup_epochs * steps_per_epoch))
+  warmup_steps = int(round(warmup_epochs(config) * steps_per_epoch))
   if schedule.name not in SCHEDULES:
     raise ValueError(f'config.schedule.name={schedule.name!r} is unknown; use one of {SCHEDULES}.')
   if schedule.name == 'cosine':

@@ -1,6 +1,7 @@
 """Gender and age group of every face in ordinary photos, with a trained checkpoint.
 
-  python -m facialnet_jax.predict [--workdir W] photo.jpg [folder/ ...] [--checkpoint best]
+  python -m facialnet_jax.predict [--workdir W] photo.jpg [folder/ ...] [clip.mp4 | 0]
+      [--every 10 | --every_seconds 0.5] [--max_frames N] [--checkpoint best]
       [--flip] [--largest_face] [--min_face_size 40] [--min_confidence 0.9]
       [--annotate_dir DIR] [--output_json FILE] [--output_csv FILE] [--whole_image]
 
@@ -10,7 +11,10 @@ by the same function as the data set builders. Photos are read and searched on h
 the faces go through the network in batches of one compiled size. Prints one line per face;
 --annotate_dir writes a copy of each photo with the faces marked. A photo without a face or that
 cannot be read gets a message; the exit status is non-zero only when no photo could be read.
-Without --workdir the model shipped with the package predicts (README "Shipped model").
+Without --workdir the model shipped with the package predicts (README "Shipped model"). Videos
+(and camera indexes) go through the same pipeline every Nth frame (video.py): one line per face
+per analysed frame with its time, CSV/JSON rows with frame and time, and with --annotate_dir an
+annotated MP4.
 """
 
 import collections
@@ -206,8 +210,14 @@ def find_faces(photo: str, size: int, channels: int, options: Options,
     rgb = read_photo(photo)
   except ValueError as error:
     return PhotoResult(photo, error=f'cannot read it: {error}', unreadable=True)
+  return faces_in(rgb, photo, size, channels, options, keep_pixels)
+
+
+def faces_in(rgb: np.ndarray, name: str, size: int, channels: int, options: Options,
+             keep_pixels: bool = False) -> PhotoResult:
+  """The faces of one RGB image (a photo, a video frame) and their model inputs."""
   height, width = rgb.shape[:2]
-  result = PhotoResult(photo, width=width, height=height, rgb=rgb if keep_pixels else None)
+  result = PhotoResult(name, width=width, height=height, rgb=rgb if keep_pixels else None)
   if options.whole_image:
     if min(height, width) < MIN_WHOLE_IMAGE_SIDE:
       result.error = (f'{width}×{height} pixels is too small for a face crop (at least '
@@ -250,11 +260,11 @@ def predict_photos(photos: Iterable[str], run: restore.RestoredRun, predictor: C
       while ahead and sum(len(r.faces) for r in pending) < batch_size:
         pending.append(ahead.popleft().result())
         top_up()
-      yield from _classify(pending, predictor)
+      yield from classify(pending, predictor)
       pending.clear()
 
 
-def _classify(results: Iterable[PhotoResult], predictor: Callable) -> list[PhotoResult]:
+def classify(results: Iterable[PhotoResult], predictor: Callable) -> list[PhotoResult]:
   """Fills in the probabilities of every face of `results` with one predictor call."""
   results = list(results)
   inputs = [r.inputs for r in results if r.inputs is not None]
@@ -271,20 +281,21 @@ def _classify(results: Iterable[PhotoResult], predictor: Callable) -> list[Photo
 
 
 class Progress:
-  """Logs photos done, photos per second and the time left, every PROGRESS_SECONDS."""
+  """Logs items done (photos, or a video's frames), items per second and the time left, every
+  PROGRESS_SECONDS."""
 
-  def __init__(self, total: int):
-    self.total, self.done = total, 0
+  def __init__(self, total: int, unit: str = 'photos'):
+    self.total, self.done, self.unit = total, 0, unit
     self.start = self.last = time.perf_counter()
 
-  def step(self) -> None:
-    self.done += 1
+  def step(self, count: int = 1) -> None:
+    self.done += count
     now = time.perf_counter()
     if now - self.last >= PROGRESS_SECONDS or self.done == self.total:
       self.last = now
       rate = self.done / max(now - self.start, 1e-9)
-      logging.info('%d/%d photos, %.1f photos/s, %.0f s left', self.done, self.total, rate,
-                   (self.total - self.done) / rate)
+      logging.info('%d/%d %s, %.1f %s/s, %.0f s left', self.done, self.total, self.unit, rate,
+                   self.unit, max(self.total - self.done, 0) / rate)
 
   @property
   def photos_per_second(self) -> float:
@@ -294,12 +305,43 @@ class Progress:
 def annotate(result: PhotoResult, path: str) -> None:
   """Writes a copy of the photo with each face's aligned crop (a rotated square), its landmarks
   and labels."""
+  if not cv2.imwrite(path, annotated_bgr(result)):
+    raise UserError(f'Cannot write the annotated photo {path}; check --annotate_dir.')
+
+
+# Box and label colours (BGR) by predicted gender, and the legend's text for them.
+GENDER_COLOURS = {'female': (60, 60, 230), 'male': (230, 120, 30)}
+
+
+def annotated_bgr(result: PhotoResult) -> np.ndarray:
+  """The photo (BGR, for OpenCV's writers) with its faces marked as annotate describes: labels
+  kept inside the picture and clear of each other, and a legend of the colours."""
   bgr = cv2.cvtColor(result.rgb, cv2.COLOR_RGB2BGR)
-  thickness = max(1, round(max(bgr.shape[:2]) / 400))
-  font_scale = max(0.4, max(bgr.shape[:2]) / 1200)
+  height, width = bgr.shape[:2]
+  thickness = max(1, round(max(height, width) / 400))
+  font_scale = max(0.4, max(height, width) / 1200)
+  placed: list[tuple[int, int, int, int]] = []  # labels drawn so far: left, top, right, bottom
+
+  def label(text: str, left: int, top: int, colour, below: int | None = None) -> None:
+    (text_width, text_height), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX,
+                                                          font_scale, thickness)
+    box_height = text_height + baseline
+    left = int(np.clip(left, 0, max(0, width - text_width)))
+    top = int(np.clip(top, 0, max(0, height - box_height)))
+    # Below an earlier label it would cover (or below the face, `below`, when above is taken).
+    for other in sorted(placed, key=lambda p: p[1]):
+      if left < other[2] and other[0] < left + text_width and top < other[3] and \
+          other[1] < top + box_height:
+        top = min(other[3] + 1, max(0, height - box_height)) if below is None else below
+        below = None
+    placed.append((left, top, left + text_width, top + box_height))
+    cv2.rectangle(bgr, (left, top), (left + text_width, top + box_height), colour, cv2.FILLED)
+    cv2.putText(bgr, text, (left, top + text_height), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
+                (255, 255, 255), thickness, cv2.LINE_AA)
+
   for prediction in result.predictions:
     face = prediction.face
-    colour = (60, 60, 230) if prediction.gender == 'female' else (230, 120, 30)
+    colour = GENDER_COLOURS.get(prediction.gender, (128, 128, 128))
     corners = alignment.crop_corners(face.landmark_array())
     cv2.polylines(bgr, [np.round(corners).astype(np.int32)], True, colour, thickness,
                   cv2.LINE_AA)
@@ -308,16 +350,15 @@ def annotate(result: PhotoResult, path: str) -> None:
         cv2.circle(bgr, (int(round(x)), int(round(y))), thickness + 1, colour, cv2.FILLED)
     text = (f'{prediction.gender} {100 * prediction.gender_probabilities.max():.0f}%, '
             f'{prediction.age_group} {100 * prediction.age_probabilities.max():.0f}%')
-    (text_width, text_height), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX,
-                                                          font_scale, thickness)
-    left = int(max(0, corners[:, 0].min()))
-    text_top = int(max(0, corners[:, 1].min() - text_height - baseline - 2 * thickness))
-    cv2.rectangle(bgr, (left, text_top), (left + text_width, text_top + text_height + baseline),
-                  colour, cv2.FILLED)
-    cv2.putText(bgr, text, (left, text_top + text_height), cv2.FONT_HERSHEY_SIMPLEX,
-                font_scale, (255, 255, 255), thickness, cv2.LINE_AA)
-  if not cv2.imwrite(path, bgr):
-    raise UserError(f'Cannot write the annotated photo {path}; check --annotate_dir.')
+    text_height = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)[0][1]
+    label(text, int(corners[:, 0].min()),
+          int(corners[:, 1].min()) - 2 * text_height - 2 * thickness, colour,
+          below=int(corners[:, 1].max()) + thickness)
+  if result.predictions:  # the legend, bottom left
+    step = int(cv2.getTextSize('x', cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)[0][1] * 2)
+    for row, (name, colour) in enumerate(GENDER_COLOURS.items()):
+      label(f'{name}: box and label', 0, height - (len(GENDER_COLOURS) - row) * step, colour)
+  return bgr
 
 
 def annotated_path(annotate_dir: str, photo: str, index: int) -> str:
@@ -327,7 +368,8 @@ def annotated_path(annotate_dir: str, photo: str, index: int) -> str:
 
 CSV_COLUMNS = ('photo', 'face', 'x', 'y', 'width', 'height', 'confidence', 'gender',
                *(f'p_{name}' for name in report.GENDER_CLASS_NAMES), 'age_group',
-               *(f'p_{name}' for name in report.AGE_CLASS_NAMES), 'error')
+               *(f'p_{name}' for name in report.AGE_CLASS_NAMES), 'error',
+               'frame', 'time_s')  # the last two for videos
 
 
 def csv_rows(result: PhotoResult) -> Iterator[dict]:
@@ -376,6 +418,28 @@ def describe(result: PhotoResult, options: Options) -> list[str]:
       for number, prediction in enumerate(result.predictions, 1)]
 
 
+def _count(number: int, noun: str) -> str:
+  return f'{number} {noun}{"" if number == 1 else "s"}'
+
+
+def closing_line(outcomes: collections.Counter, faces: int,
+                 outputs: dict[str, str | None]) -> str:
+  """The last line printed: how the photos went (`outcomes` counts 'faces', 'no face' and
+  'failed') and where the outputs went (`outputs`: what → path, None when not asked for)."""
+  counts = (f'{_count(sum(outcomes.values()), "photo")}: {outcomes["faces"]} with faces '
+            f'({_count(faces, "face")} in all), {outcomes["no face"]} without a face, '
+            f'{outcomes["failed"]} failed{" (see their lines above)" if outcomes["failed"] else ""}')
+  written = [f'{what} in {path}' for what, path in outputs.items() if path]
+  where = ', '.join(written) if written else (
+      'printed above only (--annotate_dir, --output_json and --output_csv write them to files)')
+  # Videos only: their own lines above told how they went.
+  return f'{counts + ". " if outcomes else ""}Outputs: {where}.'
+
+
+def _outcome(result: PhotoResult) -> str:
+  return 'failed' if result.error else 'faces' if result.predictions else 'no face'
+
+
 FLAGS = flags.FLAGS
 
 
@@ -400,6 +464,11 @@ def define_flags() -> None:
                       'into this directory.')
   flags.DEFINE_string('output_json', None, 'Also write every result to this JSON file.')
   flags.DEFINE_string('output_csv', None, 'Also write one row per face to this CSV file.')
+  flags.DEFINE_integer('every', 10, 'Videos: analyse every Nth frame (1 = all).', lower_bound=1)
+  flags.DEFINE_float('every_seconds', 0.0, 'Videos: analyse one frame per this many seconds of '
+                     'video instead of --every (0 = use --every).', lower_bound=0)
+  flags.DEFINE_integer('max_frames', 0, 'Videos and cameras: stop after this many frames read '
+                       '(0 = to the end; a camera needs it or Ctrl-C).', lower_bound=0)
   flags.DEFINE_bool('whole_image', False, 'Take each image as one face crop (like the data '
                     'sets\' crops) instead of detecting faces.')
 
@@ -410,10 +479,13 @@ def options_from_flags() -> Options:
 
 
 def main(argv):
-  photos = expand_photos(argv[1:])
-  if not photos:
-    raise UserError('Give one or more photos or folders: python -m facialnet_jax.predict '
-                    '[--workdir W] photo.jpg [more.jpg folder/ ...]')
+  from facialnet_jax import video  # pylint: disable=import-outside-toplevel  (video builds on this module)
+  inputs = expand_photos(argv[1:])
+  videos = [path for path in inputs if video.is_video(path)]
+  photos = [path for path in inputs if not video.is_video(path)]
+  if not inputs:
+    raise UserError('Give one or more photos, folders or videos: python -m '
+                    'facialnet_jax.predict [--workdir W] photo.jpg [more.jpg folder/ clip.mp4]')
   run = exported_model.load_run(FLAGS.workdir, FLAGS.checkpoint)
   flip = FLAGS.flip if FLAGS.flip is not None else bool(run.config.get('flip_test', False))
   print(f'Model: {run.describe()}; faces as {run.stored_image_size}×{run.stored_image_size} '
@@ -422,13 +494,18 @@ def main(argv):
   if FLAGS.annotate_dir:
     os.makedirs(FLAGS.annotate_dir, exist_ok=True)
   options = options_from_flags()
-  results, readable = [], 0
+  results, readable, outcomes, faces = [], 0, collections.Counter(), 0
   progress = Progress(len(photos))
   with _csv_writer(FLAGS.output_csv) as writer:
+    video_results = video.predict_videos(
+        videos, run, predictor, options, FLAGS.every, FLAGS.every_seconds, FLAGS.max_frames,
+        FLAGS.annotate_dir, FLAGS.batch_size, writer)
     for index, result in enumerate(predict_photos(photos, run, predictor, options,
                                                   keep_pixels=bool(FLAGS.annotate_dir),
                                                   batch_size=FLAGS.batch_size)):
       readable += not result.unreadable
+      outcomes[_outcome(result)] += 1
+      faces += len(result.predictions)
       print('\n'.join(describe(result, options)))
       if FLAGS.annotate_dir and result.rgb is not None:
         path = annotated_path(FLAGS.annotate_dir, result.photo, index)
@@ -445,9 +522,12 @@ def main(argv):
       json.dump({'checkpoint': {'workdir': run.workdir, 'checkpoint': run.checkpoint,
                                 'step': run.step},
                  'options': {**dataclasses.asdict(options), 'flip': flip},
-                 'photos': results}, f, indent=2)
-  if not readable:
+                 'photos': results, **({'videos': video_results} if videos else {})}, f,
+                indent=2)
+  if not readable and not videos:
     raise UserError(f'None of the {len(photos)} photo(s) could be read.')
+  print(closing_line(outcomes, faces, {'annotated copies': FLAGS.annotate_dir,
+                                       'JSON': FLAGS.output_json, 'CSV': FLAGS.output_csv}))
 
 
 @contextlib.contextmanager

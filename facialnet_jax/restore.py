@@ -66,6 +66,18 @@ class RestoredRun:
     return f'{self.workdir} ({which}, epoch {self.meta.get("epoch", "?")})'
 
 
+def _fold_dirs(workdir: str) -> list[str]:
+  """The fold_<k> folders of a cross-validation workdir (cross_validate.fold_dir) that hold a
+  training run's config, in fold order; [] for any other folder."""
+  try:
+    names = os.listdir(workdir)
+  except OSError:
+    return []
+  folds = [name for name in names if re.fullmatch(r'fold_\d+', name)
+           and os.path.isfile(os.path.join(workdir, name, CONFIG_FILE))]
+  return sorted(folds, key=lambda name: int(name.split('_')[1]))
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The training config a run saved as config.json."""
   path = os.path.join(workdir, CONFIG_FILE)
@@ -73,6 +85,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     with open(path) as f:
       values = json.load(f)
   except FileNotFoundError:
+    folds = _fold_dirs(workdir)
+    if folds:
+      raise UserError(f'{workdir} is a cross-validation workdir; use --workdir '
+                      f'{os.path.join(workdir, folds[0])} (folds: {", ".join(folds)}).') from None
     raise UserError(f'{path} does not exist: --workdir must be the directory a training run '
                     'wrote (python launch.py --workdir …), holding config.json and '
                     'checkpoints/.') from None

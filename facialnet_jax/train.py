@@ -21,6 +21,7 @@ from facialnet_jax import fine_tune
 from facialnet_jax import groups
 from facialnet_jax import input_pipeline
 from facialnet_jax import interrupts
+from facialnet_jax import logging_setup
 from facialnet_jax import losses
 from facialnet_jax import models
 from facialnet_jax import optim
@@ -35,6 +36,8 @@ from facialnet_jax.errors import UserError
 
 CONFIG_FILE = 'config.json'
 RESULTS_FILE = 'results.json'
+# Libraries' full error reports (orbax's tracebacks of a failed checkpoint write).
+ERRORS_FILE = 'errors.log'
 
 
 class TrainingDiverged(UserError):
@@ -76,8 +79,10 @@ def save_config(config, workdir: str) -> None:
                      config.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def _prepare_workdir(workdir: str) -> str:
+def _prepare_workdir(workdir: str) -> tuple[str, bool]:
+  """The workdir's absolute path, made if needed, and whether this call made it."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
+  created = not os.path.isdir(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
     # Named without asking JAX for the process index, which would start its backend.
@@ -88,7 +93,20 @@ def _prepare_workdir(workdir: str) -> str:
   except OSError as error:
     raise UserError(f'--workdir {workdir} cannot be written ({error.strerror}); choose a '
                     'directory you can write to.') from None
-  return workdir
+  return workdir, created
+
+
+def _remove_if_unused(workdir: str) -> None:
+  """Removes a workdir this run made when the run failed before writing anything there (a data
+  set not built, a batch that does not split): a folder holding only a lock file reads as a run
+  that started. Called with the lock held, so no other run can be using it."""
+  try:
+    if set(os.listdir(workdir)) <= {workdir_lock.LOCK_FILE}:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(workdir, workdir_lock.LOCK_FILE))
+      os.rmdir(workdir)
+  except OSError:
+    pass  # the folder is only left behind, as before
 
 
 def _hold_workdir(workdir: str):
@@ -130,10 +148,33 @@ def _resume(checkpoints: checkpointing.RunCheckpoints, state, epoch_steps: int, 
         f'{workdir} holds a run with {meta["steps_per_epoch"]} steps per epoch, but this config '
         f'gives {epoch_steps}: the data or batch size changed. Use a new --workdir.')
   step = meta['step']
-  logging.info('Resuming from the checkpoint at step %d (epoch %d, batch %d of %d) in %s.',
-               step, step // epoch_steps + 1, step % epoch_steps, epoch_steps,
-               checkpoints.latest.directory)
+  if step < config.num_epochs * epoch_steps:  # a finished run is reported by the caller
+    epoch, batch = divmod(step, epoch_steps)
+    where = (f'end of epoch {epoch} of {config.num_epochs}' if batch == 0 else
+             f'epoch {epoch + 1} of {config.num_epochs}, batch {batch} of {epoch_steps}')
+    logging.info('Resuming from the checkpoint at step %d (%s) in %s.', step, where,
+                 checkpoints.latest.directory)
   return state
+
+
+def _finished_results(workdir: str, step: int, total_steps: int) -> dict | None:
+  """A finished run's results.json when the resumed `step` ends the run, so that re-running its
+  command says so and changes nothing (no second test evaluation, events file or results);
+  None when training or the final evaluation is still to do."""
+  path = os.path.join(workdir, RESULTS_FILE)
+  if step < total_steps:
+    return None
+  try:
+    with open(path) as f:
+      results = json.load(f)
+  except (OSError, ValueError):
+    # Stopped before results.json was written (or it was damaged): the final evaluation is redone.
+    logging.info('The checkpoint at step %d ends the run: evaluating it.', step)
+    return None
+  logging.info('This run has already finished (step %d of %d); its results are in %s. Use '
+               'another --workdir for a new run, or a larger --config.num_epochs to train on.',
+               step, total_steps, path)
+  return results
 
 
 def _check_finite(state, seen_nonfinite: int, config,
@@ -236,12 +277,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
   final results (also written to workdir/results.json)."""
   config_checks.check_config(config)
   # Before any data or device work: a busy workdir is reported at once.
-  workdir = _prepare_workdir(workdir)
+  workdir, created = _prepare_workdir(workdir)
   with _hold_workdir(workdir):
+    # Only once the workdir is ours: a busy one (another run's) gets no file of this run's.
+    if jax.process_index() == 0:
+      logging_setup.keep_details_in(os.path.join(workdir, ERRORS_FILE))
     clock = compilation_cache.CompileClock()
     timer = run_timing.RunTimer(clock)
     try:
       return _train_and_evaluate(config, workdir, clock, timer)
+    except BaseException:
+      if created:
+        _remove_if_unused(workdir)
+      raise
     finally:
       clock.close()
 
@@ -282,8 +330,13 @@ def _train_and_evaluate(config, workdir: str, clock: compilation_cache.CompileCl
     state = _resume(checkpoints, state, epoch_steps, config)
     if config.init_from and int(jax.device_get(state.step)) == 0:
       state = fine_tune.initialise_from(config, state, channels, mesh)
-    checkpoints.check_free_space(state)
     step = int(jax.device_get(state.step))
+    finished = _finished_results(workdir, step, total_steps)
+    if finished is not None:
+      checkpoints.close()
+      return finished
+    optim.warn_if_warmup_clipped(config)
+    checkpoints.check_free_space(state)
     save_config(config, workdir)
     save_every_epochs = checkpoint_every_epochs(config)
 

@@ -35,8 +35,10 @@ from PIL import Image
 from facialnet_jax import adience_files
 from facialnet_jax import demo_data
 from facialnet_jax import demo_faces
+from facialnet_jax import input_pipeline
 from facialnet_jax import train
 from facialnet_jax import workdir_lock
+from facialnet_jax.errors import UserError
 from facialnet_jax.tfds_common import BadRecordError, BadSourceError
 from tests.conftest import REPO_ROOT, final_params, run_launch, tiny_config, tiny_flags
 from tfds_adience import tfds_adience_dataset_builder as adience_builder
@@ -89,8 +91,9 @@ LAUNCH_CASES = [
      8, r'config.batch_size=25 does not split across the 8 devices of this run; use a multiple '
      r'of 8 \(for example --config.batch_size=24\)', 1),
     ('data set that has not been built', (*ADIENCE, '--config.data.data_dir={tmp}/no_data'), 1,
-     r'The data set tfds_adience/gray75 has not been built in .*no_data; build it with `tfds '
-     r'build tfds_adience --config gray75 --manual_dir DIR --data_dir .*no_data`', 1),
+     r'The data set tfds_adience/gray75 has not been built in .*no_data. If you built it into '
+     r'another data dir, pass --config.data.data_dir=DIR; otherwise build it with `tfds build '
+     r'tfds_adience --config gray75 --manual_dir DIR --data_dir .*no_data`', 1),
     ('test fold that does not exist', (*ADIENCE, '--config.data.test_fold=5'), 1,
      r'config.data.test_fold=5 does not exist; use 0..4 \(or -1 for named', 1),
 ]
@@ -103,6 +106,24 @@ def test_launch_answers_bad_input_in_one_line(tmp_path, case, args, devices, exp
   args = [a.replace('{tmp}', str(tmp_path)) for a in args]
   finished = run_launch('--workdir', str(tmp_path / 'run'), *args, devices=devices)
   _assert_one_line_error(finished, expected, status)
+  # Nothing was trained: no workdir holding only a lock file is left to look like a run.
+  assert not (tmp_path / 'run').exists()
+
+
+def test_a_data_set_built_into_another_data_dir_is_named_with_the_flag(tmp_path, monkeypatch):
+  raw = tmp_path / 'raw'
+  demo_data.write_demo_raw(raw, num_subjects=10, images_per_subject=2, image_size=40, seed=1)
+  built = tmp_path / 'built'
+  adience_builder.Builder(config='gray75', data_dir=built).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=raw))
+  # Built into TFDS's default data dir, asked for in another.
+  monkeypatch.setenv('TFDS_DATA_DIR', str(built))
+  data = tiny_config(**{'data.source': 'tfds', 'data.name': 'tfds_adience',
+                        'data.data_dir': str(tmp_path / 'elsewhere')}).data
+  with pytest.raises(UserError, match=re.escape(
+      f'The data set tfds_adience/gray75 has not been built in {tmp_path}/elsewhere, but it is '
+      f'in {built}: pass --config.data.data_dir={built}.')):
+    input_pipeline.tfds_builder(data)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def test_five_folds_and_a_report_with_mean_and_std(finished):
   # Accuracy per group, test folds pooled: the gender rows' counts add up to every labelled
   # test image of the five folds.
   assert '## Accuracy by group (5 test folds pooled)' in text
-  gender_rows = re.findall(r'^\| gender (male|female) \| (\d+) \| [\d.]+% \((\d+)\) \|', text,
+  gender_rows = re.findall(r'^\| gender (male|female) \| (\d+) \| [\d.]+ \((\d+)\) \|', text,
                            re.MULTILINE)
   assert [row[0] for row in gender_rows] == ['male', 'female']
   summary = json.load(open(os.path.join(workdir, 'cross_validation.json')))

@@ -2,8 +2,10 @@
 checkpoint restores on another device count, and other data sets and bad workdirs are handled."""
 
 import csv
+import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from facialnet_jax import augment
 from facialnet_jax import demo_data
 from facialnet_jax import evaluate
 from facialnet_jax import input_pipeline
+from facialnet_jax import report
 from facialnet_jax import restore
 from facialnet_jax import train
 from facialnet_jax.errors import UserError
@@ -118,6 +121,32 @@ def test_cli_restores_onto_two_devices_and_writes_json_csv_png(workdir, test_eva
         test_evaluation.confusion[head].tolist()
 
 
+def test_predictions_csv_names_the_classes_and_unknown_labels(test_evaluation, tmp_path):
+  evaluate.write_predictions_csv(test_evaluation, tmp_path / 'predictions.csv')
+  with open(tmp_path / 'predictions.csv') as f:
+    rows = list(csv.DictReader(f))
+  split, probabilities = test_evaluation.data.split, test_evaluation.probabilities
+  names = {'gender': ('unknown', *report.GENDER_CLASS_NAMES),
+           'age': ('unknown', *report.AGE_CLASS_NAMES)}  # -1 → 'unknown'
+  for head, column, labels in (('gender', 'gender', split.gender),
+                               ('age', 'age_group', split.age_group)):
+    assert [row[column] for row in rows] == [names[head][label + 1] for label in labels]
+    assert [row[f'{column}_predicted'] for row in rows] == [
+        names[head][label + 1] for label in probabilities[head].argmax(-1)]
+  assert 'unknown' in {row['gender'] for row in rows} | {row['age_group'] for row in rows}
+
+
+def test_flip_confusion_matrices_say_so_in_their_titles(test_evaluation, tmp_path, monkeypatch):
+  titles = []
+  monkeypatch.setattr(report, 'plot_confusion_matrix',
+                      lambda matrix, classes, title, path: titles.append(title))
+  evaluate.write_evaluation(test_evaluation, tmp_path / 'plain')
+  evaluate.write_evaluation(dataclasses.replace(test_evaluation, flip=True), tmp_path / 'flip')
+  assert len(titles) == 4
+  assert not any('flip' in title for title in titles[:2])
+  assert all(title.endswith('labelled images, with flip') for title in titles[2:])
+
+
 def test_protocol_splits_are_the_ones_training_used(workdir):
   run = restore.restore_run(workdir, 'latest')
   splits = input_pipeline.load_splits(run.config)
@@ -167,6 +196,17 @@ def test_wrong_workdir_checkpoint_or_mixed_runs_are_clear_errors(workdir, tmp_pa
   (mixed / 'config.json').write_text(json.dumps(config))
   with pytest.raises(UserError, match='config'):
     restore.restore_run(str(mixed))
+
+
+def test_a_cross_validation_workdir_names_its_fold_folders(workdir, tmp_path):
+  cv = tmp_path / 'cv'
+  for fold in (1, 0, 10):  # listed in fold order, not by name
+    shutil.copytree(workdir, cv / f'fold_{fold}')
+  (cv / 'fold_2').mkdir()  # not started: no config.json
+  with pytest.raises(UserError, match=re.escape(
+      f'{cv} is a cross-validation workdir; use --workdir {cv}/fold_0 (folds: fold_0, fold_1, '
+      'fold_10).')):
+    restore.restore_run(str(cv))
 
 
 def test_cli_error_is_one_line(tmp_path):

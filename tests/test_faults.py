@@ -3,6 +3,7 @@ run's lock does not linger); a full disk stops the run with one line and a re-ru
 last good checkpoint; SIGTERM saves where the run is, and the re-run ends bit for bit where an
 uninterrupted run ends."""
 
+import contextlib
 import errno
 import json
 import os
@@ -148,12 +149,12 @@ def _fail_meta_write_at_failed_step(monkeypatch) -> None:
   monkeypatch.setattr(ocp.JsonCheckpointHandler, '_save_fn', save_fn)
 
 
-@pytest.fixture
-def checkpoints_on_small_disk(tmp_path):
-  """W/checkpoints on its own 64 MB file system (a tmpfs: needs root)."""
+@contextlib.contextmanager
+def _small_disk(tmp_path, size: str):
+  """W/checkpoints on its own file system of `size` (a tmpfs: needs root; skips otherwise)."""
   disk = tmp_path / 'run' / checkpointing.LATEST_DIR
   disk.mkdir(parents=True)
-  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=64m', 'tmpfs', str(disk)],
+  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(disk)],
                            capture_output=True, text=True, check=False)
   if mounted.returncode != 0:
     pytest.skip(f'cannot mount a tmpfs here: {mounted.stderr.strip()}')
@@ -161,6 +162,13 @@ def checkpoints_on_small_disk(tmp_path):
     yield disk
   finally:
     subprocess.run(['umount', '-l', str(disk)], check=False)
+
+
+@pytest.fixture
+def checkpoints_on_small_disk(tmp_path):
+  """W/checkpoints on its own 64 MB file system."""
+  with _small_disk(tmp_path, '64m') as disk:
+    yield disk
 
 
 # After the failed write, orbax's background thread reports to an event loop that has closed;
@@ -210,6 +218,27 @@ def test_full_disk_stops_with_one_line_and_a_rerun_resumes_from_the_last_good_ch
   # Readers consider finished saves only: a save in progress (a tmp folder) is not 'latest'.
   (latest / f'10{TMP_MARK}' / 'meta').mkdir(parents=True)
   assert restore.restore_run(str(workdir), restore.LATEST).step == 8
+
+
+@pytest.mark.slow
+def test_full_disk_on_the_command_line_is_one_error_line_last_without_tracebacks(tmp_path):
+  """A real full disk under launch.py (W/checkpoints is a 40 MB tmpfs: the second save does not
+  fit): exit status 1, no traceback on stderr, the error line last, orbax's reports in
+  W/errors.log; after space is freed the same command resumes and finishes."""
+  workdir = tmp_path / 'run'
+  with _small_disk(tmp_path, '40m') as disk:
+    flags = ['--config', str(REPO_ROOT / 'configs' / 'synthetic.py'), '--workdir', str(workdir),
+             *tiny_flags(**{'num_epochs': 1, 'checkpoint.every_steps': 2})]
+    failed = run_launch(*flags)
+    assert failed.returncode == 1
+    assert 'Traceback' not in failed.stderr, failed.stderr[-3000:]
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith('error: Writing the checkpoint of step 4 to ') and 'No space left' in last
+    assert 'Traceback' in (workdir / train.ERRORS_FILE).read_text()
+    subprocess.run(['mount', '-o', 'remount,size=256m', str(disk)], check=True)
+    resumed = run_launch(*flags)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert 'Resuming from the checkpoint at step 2 ' in resumed.stderr
 
 
 # ---------------------------------------------------------------------------------------------

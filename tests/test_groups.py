@@ -53,7 +53,7 @@ def test_per_group_equals_a_count_by_hand():
   assert table['race']['black']['count'] == 3 and 'others' not in table['race']
   assert table['gender']['female']['gender_accuracy'] == pytest.approx(2 / 3)
   text = groups.format_table(table)
-  assert 'age_band 3-9' in text and '50.0' in text
+  assert 'age band 3-9' in text and '50.0' in text
 
 
 def test_without_exact_ages_the_adience_groups_are_used():

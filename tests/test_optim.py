@@ -79,3 +79,40 @@ def test_gradient_clipping_bounds_the_update():
 def test_unknown_schedule_is_a_clear_error():
   with pytest.raises(ValueError, match='config.schedule.name'):
     _schedule(**{'schedule.name': 'exponential'})
+
+
+def _utkface_schedule(num_epochs: int, steps_per_epoch: int = 10):
+  from configs import utkface  # pylint: disable=import-outside-toplevel
+  config = utkface.get_config()
+  config.num_epochs = num_epochs
+  return config, optim.create_learning_rate_schedule(config, steps_per_epoch)
+
+
+def test_a_warmup_longer_than_half_a_short_run_is_cut_to_a_tenth_of_it_with_one_warning(caplog):
+  config, schedule = _utkface_schedule(num_epochs=2)  # 5 warm-up epochs configured
+  peak = config.optimizer.learning_rate
+  # 0.2 epochs = 2 steps of warm-up, then the cosine decays over the rest of the 20 steps.
+  np.testing.assert_allclose([schedule(1), schedule(2)], [peak / 2, peak], rtol=1e-6)
+  assert float(schedule(20)) == pytest.approx(peak * config.schedule.cosine_final_fraction,
+                                              abs=1e-9)
+  with caplog.at_level('WARNING'):
+    optim.warn_if_warmup_clipped(config)
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+  assert warnings == [
+      'config.schedule.warmup_epochs=5 is more than half of config.num_epochs=2: warming up for '
+      '0.2 epochs instead (10% of the run), so that the learning-rate schedule runs its course; '
+      'set a warm-up of at most half the run to choose it yourself.']
+
+
+@pytest.mark.parametrize('num_epochs', [100, 10])
+def test_a_warmup_of_at_most_half_the_run_is_kept_exactly_and_silently(num_epochs, caplog):
+  config, schedule = _utkface_schedule(num_epochs)
+  expected = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=config.optimizer.learning_rate, warmup_steps=50,
+      decay_steps=num_epochs * 10,
+      end_value=config.optimizer.learning_rate * config.schedule.cosine_final_fraction)
+  at = np.arange(num_epochs * 10 + 1)
+  np.testing.assert_array_equal(jax.vmap(schedule)(at), jax.vmap(expected)(at))
+  with caplog.at_level('WARNING'):
+    optim.warn_if_warmup_clipped(config)
+  assert not caplog.records

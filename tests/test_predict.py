@@ -2,8 +2,8 @@
 is no face, the builders' preprocessing after alignment, batches of one compiled size, the
 scorer's age agreement, and the CLI."""
 
+import collections
 import csv
-import importlib.util
 import json
 import os
 import pathlib
@@ -15,6 +15,7 @@ import matplotlib
 import numpy as np
 import pytest
 
+from benchmarks import score_photos
 from facialnet_jax import alignment
 from facialnet_jax import face_detection
 from facialnet_jax import predict
@@ -115,10 +116,6 @@ def test_batches_of_one_compiled_size_give_each_face_its_own_answer(workdir):
 
 
 def test_age_agreement_counts_overlapping_groups():
-  spec = importlib.util.spec_from_file_location('score_photos',
-                                                REPO_ROOT / 'benchmarks' / 'score_photos.py')
-  score_photos = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(score_photos)
   assert score_photos.age_agrees('25-32', '30-39') and score_photos.age_agrees('38-43', '30-39')
   assert not score_photos.age_agrees('48-53', '30-39')
   assert score_photos.age_agrees('60-100', '70+')
@@ -133,6 +130,13 @@ def test_age_agreement_counts_overlapping_groups():
   scores = score_photos.score(truth, {'a.jpg': {'faces': [small, large]}, 'b.jpg': {'faces': []}})
   assert scores['found_percent'] == 50 and scores['extra_faces_percent'] == 50
   assert scores['gender_accuracy_percent'] == 100 and scores['age_agreement_percent'] == 100
+
+
+def test_closing_line_without_output_files_says_the_lines_above_are_all():
+  outcomes = collections.Counter({'faces': 1, 'no face': 0})
+  assert predict.closing_line(outcomes, 3, {'JSON': None}) == (
+      '1 photo: 1 with faces (3 faces in all), 0 without a face, 0 failed. Outputs: printed '
+      'above only (--annotate_dir, --output_json and --output_csv write them to files).')
 
 
 def test_command_line(workdir, tmp_path):
@@ -172,6 +176,10 @@ def test_command_line(workdir, tmp_path):
   assert rows[1]['error'] == 'no face found' and rows[2]['error'].startswith('cannot read it')
   annotated = cv2.imread(str(tmp_path / 'annotated' / '000_grace_hopper_faces.jpg'))
   assert annotated.shape == predict.read_photo(str(PORTRAIT)).shape
+  assert lines[-1] == (
+      '5 photos: 2 with faces (2 faces in all), 1 without a face, 2 failed (see their lines '
+      f'above). Outputs: annotated copies in {tmp_path / "annotated"}, JSON in '
+      f'{tmp_path / "out.json"}, CSV in {tmp_path / "out.csv"}.')
 
   nothing = subprocess.run([*command, str(tmp_path / 'missing.jpg'), str(text_file)],
                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,

@@ -156,6 +156,10 @@ def test_launch_writes_events_checkpoints_and_resumes_on_rerun(tmp_path):
   first = run_launch(*args)
   assert first.returncode == 0, first.stderr[-3000:]
   assert 'starting from scratch' in first.stderr
+  # Library start-up notices that read as problems are filtered at the source.
+  for noise in ("Unable to initialize backend 'tpu'", 'Resetting cache', 'oneDNN',
+                'InitializeLog'):
+    assert noise not in first.stderr, first.stderr[-3000:]
   assert list(workdir.glob('events.out.tfevents.*'))
   assert sorted(p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
   assert list((workdir / 'checkpoints_best').iterdir())
@@ -164,7 +168,23 @@ def test_launch_writes_events_checkpoints_and_resumes_on_rerun(tmp_path):
   results = json.loads((workdir / 'results.json').read_text())
   assert set(results['test']) == {'final', 'best'}
 
+  # Re-running the finished run's command says so in one line and changes nothing.
+  written = (workdir / 'results.json').read_bytes()
   second = run_launch(*args)
   assert second.returncode == 0, second.stderr[-3000:]
-  assert 'Resuming from the checkpoint at step' in second.stderr
-  assert 'Epoch 1/' not in second.stderr  # nothing retrained
+  finished = [line for line in second.stderr.splitlines() if 'already finished' in line]
+  assert len(finished) == 1 and finished[0].endswith(
+      f'This run has already finished (step 16 of 16); its results are in '
+      f'{workdir}/results.json. Use another --workdir for a new run, or a larger '
+      '--config.num_epochs to train on.'), second.stderr[-3000:]
+  for retraced in ('Resuming', 'Epoch 1/', 'Test ('):  # nothing retrained or evaluated
+    assert retraced not in second.stderr
+  assert (workdir / 'results.json').read_bytes() == written
+  assert len(list(workdir.glob('events.out.tfevents.*'))) == 1
+
+  # Asked for more epochs, the same command trains on from where the run ended.
+  third = run_launch(*args, '--config.num_epochs=3')
+  assert third.returncode == 0, third.stderr[-3000:]
+  assert ('Resuming from the checkpoint at step 16 (end of epoch 2 of 3) in '
+          f'{workdir}/checkpoints.') in third.stderr
+  assert 'Epoch 3/3' in third.stderr and 'Epoch 2/' not in third.stderr

@@ -1,0 +1,29 @@
+"""The commands' stderr: tracebacks of failures already reported go to the details file, every
+other line (real tracebacks included) passes through unchanged."""
+
+import io
+
+from facialnet_jax import logging_setup
+
+HARMLESS = ('Traceback (most recent call last):\n  File "base_events.py", line 806, in x\n'
+            '    self._check_closed()\nRuntimeError: Event loop is closed\n')
+REAL = ('Traceback (most recent call last):\n  File "train.py", line 1, in <module>\n'
+        'ValueError: something the user must see\n')
+
+
+def test_harmless_tracebacks_go_to_the_details_file_and_the_rest_passes(tmp_path):
+  details = tmp_path / 'errors.log'
+  logging_setup.keep_details_in(str(details))
+  try:
+    out = io.StringIO()
+    stream = logging_setup._StderrWithoutHarmlessTracebacks(out)  # pylint: disable=protected-access
+    stream.write('a line\n')
+    for piece in (HARMLESS[:30], HARMLESS[30:]):  # split writes, as threads make them
+      stream.write(piece)
+    stream.write(REAL)
+    stream.write('progress 10%')
+    stream.flush()
+  finally:
+    logging_setup.keep_details_in(None)
+  assert out.getvalue() == 'a line\n' + REAL + 'progress 10%'
+  assert details.read_text() == HARMLESS
