@@ -20,13 +20,16 @@ How it measures
 Configurations (labels in the table)
   torch            PyTorch eager, default environment, all cores (reference).
   torch+malloc     PyTorch eager with the glibc malloc setting below.
+  torch-bf16       PyTorch eager, bfloat16 autocast and channels_last (PyTorch's fastest CPU
+                   mode: oneDNN's bf16 convolutions), glibc malloc setting below.
   plain/xla        jax.jit, Conv2D 'xla', no environment changes.
   malloc/xla       ... with GLIBC_TUNABLES (below) only.
   flag/xla         ... with XLA_FLAGS (below) only.
   ynn-de/xla       ... with XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot,eltwise only
                    (an earlier lead; malloc+ynn-de/xla adds GLIBC_TUNABLES).
   tuned/<impl>     ... with GLIBC_TUNABLES and XLA_FLAGS (below), impl in
-                   xla, fast, patches (see facialnet_jax/conv.py).
+                   xla, fast, patches, onednn (see facialnet_jax/conv.py; onednn needs the
+                   'onednn' extra and a compiler, else it measures xla and says so).
 
 Recommended environment for CPU training (must be set BEFORE the process starts;
 a launcher can re-exec itself with them):
@@ -71,7 +74,7 @@ XLA_FLAGS = cpu_env.CPU_XLA_FLAGS
 # default YNNPACK list, so convolutions AND reductions leave YNNPACK (the bias gradients become
 # 10-30x slower reductions).
 YNN_DOT_ELTWISE = '--xla_cpu_experimental_ynn_fusion_type=dot,eltwise'
-IMPLS = ('xla', 'fast', 'patches')
+IMPLS = ('xla', 'fast', 'patches', 'onednn')
 
 
 def config_table():
@@ -79,6 +82,7 @@ def config_table():
   table = {
       'torch': ('torch', None, {}),
       'torch+malloc': ('torch', None, {'GLIBC_TUNABLES': MALLOC}),
+      'torch-bf16': ('torch', 'bf16', {'GLIBC_TUNABLES': MALLOC}),
       'plain/xla': ('jax', 'xla', {}),
       'malloc/xla': ('jax', 'xla', {'GLIBC_TUNABLES': MALLOC}),
       'flag/xla': ('jax', 'xla', {'XLA_FLAGS': XLA_FLAGS}),
@@ -183,8 +187,11 @@ def jax_worker(args):
   compile_s = time.perf_counter() - t0
   for _ in range(3):
     step()
-  print(json.dumps({'ready': True, 'compile_s': round(compile_s, 2), 'jax': jax.__version__}),
-        flush=True)
+  ready = {'ready': True, 'compile_s': round(compile_s, 2), 'jax': jax.__version__}
+  if args.impl == 'onednn':
+    from facialnet_jax import onednn_build  # pylint: disable=import-outside-toplevel
+    ready['onednn_used'] = onednn_build.available()
+  print(json.dumps(ready), flush=True)
   _serve(step, b * max(1, args.steps_per_call))
 
 
@@ -195,15 +202,20 @@ def torch_worker(args):
     torch.set_num_threads(args.threads)
 
   b = args.batch
+  bf16 = args.impl == 'bf16'
   net = make_net()
   x = torch.randn(b, 1, 75, 75)
+  if bf16:  # PyTorch's recipe for fast CPU training: NHWC memory and bfloat16 autocast
+    net, x = net.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
   y_gender, y_age = torch.randint(0, 2, (b,)), torch.randint(0, 8, (b,))
   opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
 
   def step():
     opt.zero_grad(set_to_none=True)
-    lg, la = net(x)
-    (F.cross_entropy(lg, y_gender) + F.cross_entropy(la, y_age)).backward()
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
+      lg, la = net(x)
+      loss = F.cross_entropy(lg, y_gender) + F.cross_entropy(la, y_age)
+    loss.backward()
     opt.step()
 
   for _ in range(3):

@@ -1,7 +1,7 @@
 """Training and evaluation speed of the whole step (data feeding and augmentation included).
 
   python -m facialnet_jax.benchmark --batch_sizes=25,128 [--num_devices=1] [--dtype=float32]
-      [--conv_implementation=xla] [--pipeline=device] [--num_examples=15000] [--epochs=0]
+      [--conv_implementation=xla|onednn] [--pipeline=device] [--num_examples=15000] [--epochs=0]
       [--output_json=bench.json]
 
 Numbers are medians over timed windows after a warm-up, measured on random images of the
@@ -32,6 +32,7 @@ from facialnet_jax import cli
 from facialnet_jax import device_data
 from facialnet_jax import input_pipeline
 from facialnet_jax import models
+from facialnet_jax import onednn_build
 from facialnet_jax import optim
 from facialnet_jax import sharding
 from facialnet_jax import steps
@@ -163,6 +164,9 @@ def main(argv):
       'env': {k: os.environ.get(k, '') for k in ('XLA_FLAGS', 'GLIBC_TUNABLES')},
       'results': [],
   }
+  if FLAGS.conv_implementation == 'onednn':
+    # It falls back to 'xla' (one warning) where it cannot run: say which was measured.
+    report['onednn_used'] = onednn_build.available()
   for batch_size in (int(b) for b in FLAGS.batch_sizes):
     logging.info('Measuring batch %d on %d %s device(s)...', batch_size, len(devices),
                  devices[0].platform)

@@ -28,6 +28,17 @@ Implementations (all compute the same function; see ``tests/test_conv.py``):
     gradient is one matrix product. Kept as a reference point: on the 2-core
     CPU it is slower than ``'xla'`` with the flag above (building the patches
     costs more than it saves).
+
+``'onednn'``
+    CPU only: oneDNN's bfloat16 convolutions (AVX512-BF16 instructions, float32
+    accumulation) called through XLA's FFI with a custom VJP; activations and
+    kernels are rounded to bfloat16 inside the layer, the kernel gradient comes
+    back in float32. XLA:CPU's own convolutions never use the bf16 instructions.
+    Stride-2 kernel gradients are computed as four stride-1 ones (see
+    `_onednn_kernel_grad`): oneDNN 3.2's bf16 code for strided ones is slow. The library is compiled on
+    first use (``facialnet_jax/onednn_build.py``, needs the ``onednn`` extra and
+    a C++ compiler); where that is impossible (no compiler or oneDNN, no
+    AVX512-BF16, not a CPU backend) the layer logs one line and computes 'xla'.
 """
 from __future__ import annotations
 
@@ -37,9 +48,12 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-IMPLEMENTATIONS = ('xla', 'fast', 'patches')
+from facialnet_jax import onednn_build
+
+IMPLEMENTATIONS = ('xla', 'fast', 'patches', 'onednn')
 
 def out_size(n: int, k: int, s: int, p: int) -> int:
   """Spatial output size of a k x k / stride s convolution with padding p."""
@@ -135,6 +149,80 @@ def _patches_bwd(k, s, p, res, dy):
 conv_patches.defvjp(_patches_fwd, _patches_bwd)
 
 
+# --------------------------------------------------------------------------
+# oneDNN bfloat16 convolutions through XLA's FFI (facialnet_jax/csrc/onednn_conv.cc).
+
+
+def _onednn_call(target: str, result, *args, stride: int, padding: int):
+  return jax.ffi.ffi_call(target, result)(*args, stride=np.int64(stride),
+                                          padding=np.int64(padding))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_onednn(x, w, stride: int, padding: int):
+  """x NHWC (any float dtype, result in it), w HWIO (float32 params: its gradient stays so)."""
+  return _onednn_fwd(x, w, stride, padding)[0]
+
+
+def _onednn_fwd(x, w, stride, padding):
+  xb = x.astype(jnp.bfloat16)
+  n, h, wd, _ = x.shape
+  k, cout = w.shape[0], w.shape[3]
+  shape = (n, out_size(h, k, stride, padding), out_size(wd, k, stride, padding), cout)
+  y = _onednn_call('facialnet_onednn_conv_forward', jax.ShapeDtypeStruct(shape, jnp.bfloat16),
+                   xb, w.astype(jnp.bfloat16), stride=stride, padding=padding)
+  # The kernel is kept in its own dtype (small) so that the bwd rule knows it.
+  return y.astype(x.dtype), (xb, w)
+
+
+def _onednn_bwd(stride, padding, res, dy):
+  xb, w = res
+  dyb = dy.astype(jnp.bfloat16)
+  dx = _onednn_call('facialnet_onednn_conv_backward_data',
+                    jax.ShapeDtypeStruct(xb.shape, jnp.bfloat16), dyb, w.astype(jnp.bfloat16),
+                    stride=stride, padding=padding)
+  dw = _onednn_kernel_grad(xb, dyb, w.shape, stride, padding)
+  return dx.astype(dy.dtype), dw.astype(w.dtype)
+
+
+def _onednn_kernel_grad(xb, dyb, w_shape, stride, padding):
+  """Float32 kernel gradient. At stride s it is s*s stride-1 ones (oneDNN 3.2's bf16 code for
+  strided kernel gradients runs at a tenth of its stride-1 speed): kernel taps i = a + s*i'
+  only meet input rows s*t + a, so phase (a, b) of the padded input, correlated with dy at
+  stride 1, gives taps [a::s, b::s]. Same products, same count."""
+  result = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  if stride == 1:
+    return _onednn_call('facialnet_onednn_conv_backward_weights', result(w_shape), xb, dyb,
+                        stride=1, padding=padding)
+  k, _, cin, cout = w_shape
+  if cin < 16:
+    # Too few input channels for oneDNN's bf16 blocks (FacialNet's conv1 has one): XLA's
+    # float32 code took half the time (6 vs 12 ms at batch 128).
+    _, vjp = jax.vjp(lambda w32: conv_xla(xb.astype(jnp.float32), w32, stride, padding),
+                     jnp.zeros(w_shape, jnp.float32))
+    return vjp(dyb.astype(jnp.float32))[0]
+  n, h, wd, _ = xb.shape
+  _, oh, ow, _ = dyb.shape
+  # Rows and columns the windows reach: padding in front, padding or cropping behind.
+  need_h, need_w = (oh - 1) * stride + k, (ow - 1) * stride + k
+  xp = jnp.pad(xb, ((0, 0), (padding, max(0, need_h - h - padding)),
+                    (padding, max(0, need_w - wd - padding)), (0, 0)))
+  dw = jnp.zeros(w_shape, jnp.float32)
+  for a in range(min(stride, k)):
+    for b in range(min(stride, k)):
+      ka, kb = len(range(a, k, stride)), len(range(b, k, stride))
+      phase = lax.slice(xp, (0, a, b, 0), (n, a + stride * (oh + ka - 2) + 1,
+                                           b + stride * (ow + kb - 2) + 1, cin),
+                        (1, stride, stride, 1))
+      part = _onednn_call('facialnet_onednn_conv_backward_weights',
+                          result((ka, kb, cin, cout)), phase, dyb, stride=1, padding=0)
+      dw = dw.at[a::stride, b::stride].set(part)
+  return dw
+
+
+conv_onednn.defvjp(_onednn_fwd, _onednn_bwd)
+
+
 def conv2d(x, w, stride: int, padding: int, implementation: str = 'xla'):
   """NHWC x HWIO convolution with symmetric padding, by the named implementation."""
   k = w.shape[0]
@@ -147,6 +235,10 @@ def conv2d(x, w, stride: int, padding: int, implementation: str = 'xla'):
     return conv1x1(x, w) if pointwise else conv_xla(x, w, stride, padding)
   if implementation == 'patches':
     return conv1x1(x, w) if pointwise else conv_patches(x, w, k, stride, padding)
+  if implementation == 'onednn':
+    if onednn_build.available():
+      return conv_onednn(x, w, stride, padding)
+    return conv_xla(x, w.astype(x.dtype), stride, padding)
   raise ValueError(f'unknown implementation {implementation!r}; expected one of {IMPLEMENTATIONS}')
 
 
@@ -179,5 +271,7 @@ class Conv2D(nn.Module):
                         jnp.float32)
     bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
     x = x.astype(self.dtype)
-    y = conv2d(x, kernel.astype(self.dtype), self.stride, self.padding, self.implementation)
+    # 'onednn' rounds the kernel itself and returns its gradient in float32.
+    w = kernel if self.implementation == 'onednn' else kernel.astype(self.dtype)
+    y = conv2d(x, w, self.stride, self.padding, self.implementation)
     return y + bias.astype(self.dtype)

@@ -3,6 +3,8 @@
 Checked for every convolution shape of FacialNet (small batch): forward output
 and the gradients with respect to the input, the kernel and the bias.
 """
+import logging
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,6 +13,7 @@ import pytest
 
 from facialnet_jax import conv as C
 from facialnet_jax import cpu_env
+from facialnet_jax import onednn_build
 
 # (name, input spatial size, in channels, out channels, kernel, stride, padding)
 FACIALNET_CONVS = [
@@ -70,7 +73,8 @@ def reference(inputs):
   return _all_layers('xla')(inputs)
 
 
-@pytest.mark.parametrize('impl', [i for i in C.IMPLEMENTATIONS if i != 'xla'])
+# 'onednn' computes in bfloat16: checked within bfloat16's precision below.
+@pytest.mark.parametrize('impl', [i for i in C.IMPLEMENTATIONS if i not in ('xla', 'onednn')])
 def test_matches_xla(impl, inputs, reference):
   got = _all_layers(impl)(inputs)
   for (name, *_), want_l, got_l in zip(FACIALNET_CONVS, reference, got):
@@ -79,6 +83,39 @@ def test_matches_xla(impl, inputs, reference):
       scale = float(jnp.max(jnp.abs(want)))
       err = float(jnp.max(jnp.abs(g - want)))
       assert err <= 1e-5 * scale + 1e-6, f'{impl} {name} {what}: max err {err} (scale {scale})'
+
+
+def test_onednn_matches_xla_in_bfloat16(inputs, reference):
+  if not onednn_build.available():
+    pytest.skip('oneDNN convolutions unavailable here (the warning says why)')
+  got = _all_layers('onednn')(inputs)
+  for (name, *_), want_l, got_l in zip(FACIALNET_CONVS, reference, got):
+    for what, want, g in zip(('y', 'dx', 'dkernel', 'dbias'), want_l, got_l):
+      assert g.shape == want.shape and g.dtype == want.dtype, (name, what)
+      # bfloat16 keeps 8 significant bits (relative rounding 2^-9 = 0.2%); summed over
+      # hundreds of products with float32 accumulation the error stays near that.
+      rel = float(jnp.linalg.norm(g - want) / jnp.linalg.norm(want))
+      assert rel < 1e-2, f'onednn {name} {what}: relative error {rel:.2e}'
+
+
+def test_onednn_falls_back_to_xla_with_one_log_line(monkeypatch, caplog, inputs, reference):
+  def missing():
+    raise onednn_build.Unavailable('oneDNN 3.x not found (test)')
+  monkeypatch.setattr(onednn_build, 'find_onednn', missing)
+  monkeypatch.setattr(onednn_build, '_registered', [])
+  onednn_build.available.cache_clear()
+  try:
+    with caplog.at_level(logging.WARNING):
+      got = _all_layers('onednn')(inputs)
+      _all_layers('onednn')(inputs)
+  finally:
+    onednn_build.available.cache_clear()
+  lines = [r.getMessage() for r in caplog.records if 'onednn' in r.getMessage()]
+  assert lines == ["conv_implementation='onednn' unavailable (oneDNN 3.x not found (test)); "
+                   "using 'xla' convolutions."]
+  for want_l, got_l in zip(reference, got):
+    for want, g in zip(want_l, got_l):
+      np.testing.assert_array_equal(g, want)
 
 
 def test_xla_matches_flax_conv(inputs):

@@ -1,0 +1,233 @@
+// oneDNN bfloat16 convolutions (forward, input gradient, kernel gradient) as XLA FFI handlers.
+//
+// Layouts are JAX's: activations NHWC, kernels HWIO. Activations and kernels are bfloat16;
+// oneDNN accumulates in float32; the kernel gradient is returned in float32 (parameters are
+// float32). Built by facialnet_jax/onednn_build.py on first use; see facialnet_jax/conv.py.
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+
+namespace {
+
+enum Kind { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
+
+// One convolution problem: batch, input size, channels, kernel size, stride, padding.
+// Kernels may be non-square: conv.py splits stride-2 kernel gradients into stride-1 ones
+// over 2x2, 2x1, 1x2 and 1x1 sub-kernels.
+struct Shape {
+  int64_t n, h, w, c, o, kh, kw, s, p;
+  int64_t oh() const { return (h + 2 * p - kh) / s + 1; }
+  int64_t ow() const { return (w + 2 * p - kw) / s + 1; }
+  // Exact right/bottom padding: rows that no window reaches are not padding oneDNN must invent.
+  int64_t pr_h() const { return (oh() - 1) * s + kh - h - p; }
+  int64_t pr_w() const { return (ow() - 1) * s + kw - w - p; }
+  auto key(int kind) const { return std::make_tuple(kind, n, h, w, c, o, kh, kw, s, p); }
+};
+
+// A primitive with the reorders between JAX's kernel layout (HWIO) and the one it prefers.
+struct Prepared {
+  dnnl::primitive conv;
+  memory::desc wei_user, wei_conv;  // HWIO as JAX holds it / as the primitive wants it
+  dnnl::reorder wei_reorder;        // user -> conv (forward, backward data); conv -> user (weights)
+  bool needs_reorder = false;
+  // Backward weights only: the activation layouts it prefers, when not NHWC.
+  memory::desc src_conv, dst_conv;
+  dnnl::reorder src_reorder, dst_reorder;
+  size_t scratch_bytes = 0;
+};
+
+// oneDNN runs its own OpenMP threads over all cores, so one convolution at a time is
+// what the machine can do anyway; the lock also makes the shared scratch buffers safe.
+std::mutex g_mu;
+std::map<std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                    int64_t>,
+         Prepared>
+    g_cache;
+std::vector<uint8_t> g_scratch, g_wei, g_src, g_dst;
+
+dnnl::engine& Engine() {
+  static dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+  return eng;
+}
+
+memory::desc Act(int64_t n, int64_t c, int64_t h, int64_t w, dt type) {
+  return memory::desc({n, c, h, w}, type, tag::nhwc);
+}
+
+Prepared& Prepare(const Shape& sh, int kind) {
+  auto it = g_cache.find(sh.key(kind));
+  if (it != g_cache.end()) return it->second;
+  auto& eng = Engine();
+  dnnl::primitive_attr attr;
+  // Our scratch buffer, not the library's: the library's is not safe across threads.
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  memory::dims strides = {sh.s, sh.s}, pl = {sh.p, sh.p}, pr = {sh.pr_h(), sh.pr_w()};
+  auto src = Act(sh.n, sh.c, sh.h, sh.w, dt::bf16);
+  auto dst = Act(sh.n, sh.o, sh.oh(), sh.ow(), dt::bf16);
+  dt wtype = kind == kBackwardWeights ? dt::f32 : dt::bf16;
+  memory::dims wdims = {sh.o, sh.c, sh.kh, sh.kw};
+  auto wei_any = memory::desc(wdims, wtype, tag::any);
+  Prepared out;
+  out.wei_user = memory::desc(wdims, wtype, tag::hwio);
+  auto fwd_pd = dnnl::convolution_forward::primitive_desc(
+      eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src,
+      memory::desc(wdims, dt::bf16, tag::any), dst, strides, pl, pr, attr);
+  if (kind == kForward) {
+    out.conv = dnnl::convolution_forward(fwd_pd);
+    out.wei_conv = fwd_pd.weights_desc();
+    out.scratch_bytes = fwd_pd.scratchpad_desc().get_size();
+  } else if (kind == kBackwardData) {
+    auto pd = dnnl::convolution_backward_data::primitive_desc(
+        eng, dnnl::algorithm::convolution_direct, src, wei_any, dst, strides, pl, pr, fwd_pd,
+        attr);
+    out.conv = dnnl::convolution_backward_data(pd);
+    out.wei_conv = pd.weights_desc();
+    out.scratch_bytes = pd.scratchpad_desc().get_size();
+  } else {
+    // oneDNN 3.2's bf16 kernel-gradient code prefers blocked activations (aBcd16b) to NHWC;
+    // letting it pick their layout costs two reorders.
+    auto src_any = memory::desc({sh.n, sh.c, sh.h, sh.w}, dt::bf16, tag::any);
+    auto dst_any = memory::desc({sh.n, sh.o, sh.oh(), sh.ow()}, dt::bf16, tag::any);
+    auto pd = dnnl::convolution_backward_weights::primitive_desc(
+        eng, dnnl::algorithm::convolution_direct, src_any, wei_any, dst_any, strides, pl, pr,
+        fwd_pd, attr);
+    out.conv = dnnl::convolution_backward_weights(pd);
+    out.wei_conv = pd.diff_weights_desc();
+    out.src_conv = pd.src_desc();
+    out.dst_conv = pd.diff_dst_desc();
+    if (out.src_conv != src)
+      out.src_reorder = dnnl::reorder(memory(src, eng, nullptr), memory(out.src_conv, eng, nullptr));
+    if (out.dst_conv != dst)
+      out.dst_reorder = dnnl::reorder(memory(dst, eng, nullptr), memory(out.dst_conv, eng, nullptr));
+    out.scratch_bytes = pd.scratchpad_desc().get_size();
+  }
+  out.needs_reorder = out.wei_conv != out.wei_user;
+  if (out.needs_reorder) {
+    out.wei_reorder = kind == kBackwardWeights
+                          ? dnnl::reorder(memory(out.wei_conv, eng, nullptr),
+                                          memory(out.wei_user, eng, nullptr))
+                          : dnnl::reorder(memory(out.wei_user, eng, nullptr),
+                                          memory(out.wei_conv, eng, nullptr));
+  }
+  return g_cache.emplace(sh.key(kind), std::move(out)).first->second;
+}
+
+void* Grow(std::vector<uint8_t>& v, size_t bytes) {
+  if (v.size() < bytes) v.resize(bytes);
+  return v.data();
+}
+
+// Runs `kind` with the kernel-side buffer `wei` (HWIO) and the two activation-side buffers.
+ffi::Error Run(const Shape& sh, int kind, void* src, void* wei, void* dst) {
+  if (sh.n == 0) return ffi::Error::Success();
+  try {
+    std::lock_guard<std::mutex> lock(g_mu);
+    auto& eng = Engine();
+    Prepared& pr = Prepare(sh, kind);
+    dnnl::stream strm(eng);
+    memory wei_user(pr.wei_user, eng, wei);
+    memory wei_conv = pr.needs_reorder
+                          ? memory(pr.wei_conv, eng, Grow(g_wei, pr.wei_conv.get_size()))
+                          : wei_user;
+    memory scratch(memory::desc({static_cast<int64_t>(pr.scratch_bytes)}, dt::u8, tag::x), eng,
+                   Grow(g_scratch, pr.scratch_bytes));
+    memory src_m(Act(sh.n, sh.c, sh.h, sh.w, dt::bf16), eng, src);
+    memory dst_m(Act(sh.n, sh.o, sh.oh(), sh.ow(), dt::bf16), eng, dst);
+    if (kind == kForward) {
+      if (pr.needs_reorder) pr.wei_reorder.execute(strm, wei_user, wei_conv);
+      pr.conv.execute(strm, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_conv},
+                             {DNNL_ARG_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    } else if (kind == kBackwardData) {
+      if (pr.needs_reorder) pr.wei_reorder.execute(strm, wei_user, wei_conv);
+      pr.conv.execute(strm, {{DNNL_ARG_DIFF_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_conv},
+                             {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    } else {
+      if (pr.src_conv != src_m.get_desc()) {
+        memory m(pr.src_conv, eng, Grow(g_src, pr.src_conv.get_size()));
+        pr.src_reorder.execute(strm, src_m, m);
+        src_m = m;
+      }
+      if (pr.dst_conv != dst_m.get_desc()) {
+        memory m(pr.dst_conv, eng, Grow(g_dst, pr.dst_conv.get_size()));
+        pr.dst_reorder.execute(strm, dst_m, m);
+        dst_m = m;
+      }
+      pr.conv.execute(strm, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_DIFF_WEIGHTS, wei_conv},
+                             {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
+      if (pr.needs_reorder) pr.wei_reorder.execute(strm, wei_conv, wei_user);
+    }
+    strm.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN convolution: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+Shape FromDims(ffi::Span<const int64_t> act, ffi::Span<const int64_t> kernel, int64_t s,
+               int64_t p) {
+  return Shape{act[0], act[1], act[2], act[3], kernel[3], kernel[0], kernel[1], s, p};
+}
+
+ffi::Error Forward(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w,
+                   ffi::ResultBuffer<ffi::BF16> y, int64_t stride, int64_t padding) {
+  Shape sh = FromDims(x.dimensions(), w.dimensions(), stride, padding);
+  return Run(sh, kForward, x.untyped_data(), w.untyped_data(), y->untyped_data());
+}
+
+ffi::Error BackwardData(ffi::Buffer<ffi::BF16> dy, ffi::Buffer<ffi::BF16> w,
+                        ffi::ResultBuffer<ffi::BF16> dx, int64_t stride, int64_t padding) {
+  Shape sh = FromDims(dx->dimensions(), w.dimensions(), stride, padding);
+  return Run(sh, kBackwardData, dx->untyped_data(), w.untyped_data(), dy.untyped_data());
+}
+
+ffi::Error BackwardWeights(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> dy,
+                           ffi::ResultBuffer<ffi::F32> dw, int64_t stride, int64_t padding) {
+  Shape sh = FromDims(x.dimensions(), dw->dimensions(), stride, padding);
+  return Run(sh, kBackwardWeights, x.untyped_data(), dw->untyped_data(), dy.untyped_data());
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FacialnetOnednnConvForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Ret<ffi::Buffer<ffi::BF16>>()
+                                  .Attr<int64_t>("stride")
+                                  .Attr<int64_t>("padding"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FacialnetOnednnConvBackwardData, BackwardData,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Ret<ffi::Buffer<ffi::BF16>>()
+                                  .Attr<int64_t>("stride")
+                                  .Attr<int64_t>("padding"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FacialnetOnednnConvBackwardWeights, BackwardWeights,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride")
+                                  .Attr<int64_t>("padding"));
+
+// Lets Python check, before registering anything, that this machine has the bf16 instructions
+// oneDNN would use (else its bf16 convolutions fall back to slow reference code).
+extern "C" int facialnet_onednn_has_bf16() {
+  // cpu_isa values are nested bit sets: every ISA with AVX512-BF16 contains its bits.
+  auto isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
+  auto bf16 = static_cast<unsigned>(dnnl::cpu_isa::avx512_core_bf16);
+  return (isa & bf16) == bf16;
+}
