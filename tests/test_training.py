@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from facialnet_jax import device_data, models, optim, sharding, steps, train, train_state
+from facialnet_jax import device_data, models, onednn_build, optim, sharding, steps, train, train_state
 from tests.conftest import (REPO_ROOT, final_params, initial_params, relative_difference,
                             run_launch, tiny_config, tiny_flags)
 
@@ -82,8 +82,13 @@ def test_device_pipeline_yields_every_example_once_per_epoch():
   assert not np.array_equal(orders[0], orders[1])  # reshuffled every epoch
 
 
-def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, monkeypatch):
-  config = tiny_config(**{'checkpoint.every_steps': 4, 'num_epochs': 3})
+@pytest.mark.parametrize('conv_implementation', ['xla', 'onednn'])
+def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, monkeypatch,
+                                                        conv_implementation):
+  if conv_implementation == 'onednn' and not onednn_build.available():
+    pytest.skip('oneDNN convolutions unavailable here (the warning says why)')
+  config = tiny_config(**{'checkpoint.every_steps': 4, 'num_epochs': 3,
+                          'model.conv_implementation': conv_implementation})
   uninterrupted = train.train_and_evaluate(config, tmp_path / 'uninterrupted')
 
   real_run = device_data.DeviceTrainFeed.run
