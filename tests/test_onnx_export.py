@@ -29,13 +29,13 @@ def _faces(run, count=13, seed=0):
                                               dtype=np.uint8)
 
 
-def _assert_same_probabilities(run, flip, images):
+def _assert_same_probabilities(run, flip, images, tolerance=TOLERANCE):
   expected = predict.make_predictor(run, batch_size=8, flip=flip)(images)
   exported = onnx_export.to_onnx(run, flip).SerializeToString()
   got = onnx_export.make_predictor(exported, batch_size=8)(images)
   for head in ('gender', 'age'):
     assert got[head].shape == expected[head].shape
-    np.testing.assert_allclose(got[head], expected[head], atol=TOLERANCE, err_msg=head)
+    np.testing.assert_allclose(got[head], expected[head], atol=tolerance, err_msg=head)
 
 
 @pytest.fixture(scope='module')
@@ -61,7 +61,10 @@ def test_onnxruntime_matches_jax_for_every_conv_implementation(trained_runs, imp
   config = run.config.copy_and_resolve_references()
   config.model.conv_implementation = implementation
   run = dataclasses.replace(run, config=config, model=models.create_model(config.model))
-  _assert_same_probabilities(run, flip, _faces(run))
+  # 'onednn' rounds each convolution's inputs to bfloat16 (8 significant bits) where the
+  # export computes the float32 network: probabilities agree to about 1e-2, not 1e-4.
+  tolerance = 2e-2 if implementation == 'onednn' else TOLERANCE
+  _assert_same_probabilities(run, flip, _faces(run), tolerance)
 
 
 def test_batch_norm_and_centre_crop_export(trained_runs):
