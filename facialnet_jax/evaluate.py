@@ -269,9 +269,9 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """The command line's flags (defined only when run as a program, so importing is free)."""
-  flags.DEFINE_string('workdir', None, 'Directory of a training run (config.json, checkpoints/) '
-                      'or of an exported model; default: the model shipped with the package.')
-  flags.DEFINE_string('checkpoint', restore.BEST, 'latest, best (by validation) or a step number.')
+  exported_model.define_model_flags('Average each image\'s probabilities with its mirror '
+                                    'image\'s (test-time augmentation), reported beside the '
+                                    'plain numbers')
   flags.DEFINE_string('split', 'test', 'test, validation or train (the run\'s own protocol '
                       'splits), or any TFDS split of the data set (fold2, test[:50%], ...).')
   flags.DEFINE_string('dataset', None, 'Evaluate on this TFDS data set (tfds_adience, '
@@ -280,9 +280,6 @@ def define_flags() -> None:
                       'rgb75, rgb96); default: the training one.')
   flags.DEFINE_string('data_dir', None,
                       'TFDS data_dir of the data set; default: the training one.')
-  flags.DEFINE_bool('flip', None, 'Average each image\'s probabilities with its mirror '
-                    'image\'s (test-time augmentation), reported beside the plain numbers; '
-                    'default: the run\'s config.flip_test.')
   flags.DEFINE_integer('batch_size', None, 'Evaluation batch size; default: the run\'s '
                        'config.eval_batch_size.')
   flags.DEFINE_string('output_dir', None, 'Where to write; default: '

@@ -14,18 +14,15 @@ import os
 from absl import flags
 
 from facialnet_jax import cli
-from facialnet_jax import restore
+from facialnet_jax import exported_model
 from facialnet_jax.errors import UserError
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  flags.DEFINE_string('workdir', None, 'Training run or exported model folder; default: the '
-                      'model shipped with the package.')
-  flags.DEFINE_string('checkpoint', restore.BEST, 'latest, best (by validation) or a step number.')
-  flags.DEFINE_bool('flip', None, 'Average each face with its mirror image inside the graph '
-                    '(twice the work); default: the run\'s config.flip_test.')
+  exported_model.define_model_flags('Average each face with its mirror image inside the graph '
+                                    '(twice the work)')
   flags.DEFINE_string('output', None, 'Where to write the .onnx file.')
 
 
@@ -37,7 +34,6 @@ def main(argv):
   folder = os.path.dirname(os.path.abspath(FLAGS.output))
   if not os.path.isdir(folder):
     raise UserError(f'{folder} does not exist; create it or choose another --output')
-  from facialnet_jax import exported_model  # pylint: disable=import-outside-toplevel
   from facialnet_jax import onnx_export  # pylint: disable=import-outside-toplevel
   run = exported_model.load_run(FLAGS.workdir, FLAGS.checkpoint)
   proto = onnx_export.to_onnx(run, FLAGS.flip)

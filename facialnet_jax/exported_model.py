@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import flags
 from flax import traverse_util
 
 from facialnet_jax import models
@@ -79,3 +80,13 @@ def load_run(workdir: str | None, checkpoint: str = restore.BEST,
   if is_exported_model(os.path.expanduser(workdir)):
     return load_model(os.path.expanduser(workdir), mesh)
   return restore.restore_run(workdir, checkpoint, mesh)
+
+
+def define_model_flags(flip_help: str) -> None:
+  """--workdir and --checkpoint, which load_run reads, and --flip (its help says what it does
+  in the command that defines it), for the commands that use a trained model."""
+  flags.DEFINE_string('workdir', None, 'Directory of a training run (config.json, checkpoints/) '
+                      'or of an exported model; default: the model shipped with the package.')
+  flags.DEFINE_string('checkpoint', restore.BEST, 'latest, best (by validation) or a step number.')
+  flags.DEFINE_bool('flip', None, f'{flip_help}; default: the run\'s config.flip_test (on for '
+                    'the shipped model).')

@@ -461,12 +461,8 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """The command line's flags (defined only when run as a program, so importing is free)."""
-  flags.DEFINE_string('workdir', None, 'Directory of a training run (config.json, checkpoints/) '
-                      'or of an exported model; default: the model shipped with the package.')
-  flags.DEFINE_string('checkpoint', restore.BEST, 'latest, best (by validation) or a step number.')
-  flags.DEFINE_bool('flip', None, 'Average each face\'s probabilities with its mirror image\'s '
-                    '(test-time augmentation: twice the network\'s work); default: the run\'s '
-                    'config.flip_test (on for the shipped model).')
+  exported_model.define_model_flags('Average each face\'s probabilities with its mirror image\'s '
+                                    '(test-time augmentation: twice the network\'s work)')
   flags.DEFINE_bool('largest_face', False, 'Report only the largest face of each photo (default: '
                     'every face found).')
   flags.DEFINE_integer('min_face_size', face_detection.DEFAULT_MIN_FACE_SIZE,

@@ -199,29 +199,20 @@ ffi::Error BackwardWeights(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> dy,
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FacialnetOnednnConvForward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::BF16>>()
-                                  .Arg<ffi::Buffer<ffi::BF16>>()
-                                  .Ret<ffi::Buffer<ffi::BF16>>()
-                                  .Attr<int64_t>("stride")
-                                  .Attr<int64_t>("padding"));
+// The three handlers take two bfloat16 buffers and the stride and padding attributes; they
+// differ in the result's dtype (the kernel gradient is float32).
+#define FACIALNET_CONV_HANDLER(symbol, function, result_dtype)  \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol, function,                \
+                                ffi::Ffi::Bind()                 \
+                                    .Arg<ffi::Buffer<ffi::BF16>>()  \
+                                    .Arg<ffi::Buffer<ffi::BF16>>()  \
+                                    .Ret<ffi::Buffer<result_dtype>>()  \
+                                    .Attr<int64_t>("stride")     \
+                                    .Attr<int64_t>("padding"))
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FacialnetOnednnConvBackwardData, BackwardData,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::BF16>>()
-                                  .Arg<ffi::Buffer<ffi::BF16>>()
-                                  .Ret<ffi::Buffer<ffi::BF16>>()
-                                  .Attr<int64_t>("stride")
-                                  .Attr<int64_t>("padding"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FacialnetOnednnConvBackwardWeights, BackwardWeights,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::BF16>>()
-                                  .Arg<ffi::Buffer<ffi::BF16>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride")
-                                  .Attr<int64_t>("padding"));
+FACIALNET_CONV_HANDLER(FacialnetOnednnConvForward, Forward, ffi::BF16);
+FACIALNET_CONV_HANDLER(FacialnetOnednnConvBackwardData, BackwardData, ffi::BF16);
+FACIALNET_CONV_HANDLER(FacialnetOnednnConvBackwardWeights, BackwardWeights, ffi::F32);
 
 // Lets Python check, before registering anything, that this machine has the bf16 instructions
 // oneDNN would use (else its bf16 convolutions fall back to slow reference code).
