@@ -13,11 +13,18 @@ from absl import logging
 _QUIET_LOGGERS = ('jax._src.xla_bridge', 'jax._src.compilation_cache')
 
 
+# Where INFO records only repeat what the run says itself: orbax (dozens of lines per
+# checkpoint) and clu's LoggingWriter (every metric as one long line, several per epoch; the
+# run's "Epoch k/N" line says the same, and the TensorBoard events keep every value).
+_QUIET_PATHS = ('/orbax/', '/clu/metric_writers/logging_writer.py')
+
+
 class _QuietLibraries(std_logging.Filter):
-  """Drops INFO records that come from orbax (dozens of lines per checkpoint)."""
+  """Drops INFO records from _QUIET_PATHS; their warnings and errors pass."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+    return (record.levelno >= std_logging.WARNING
+            or not any(path in record.pathname for path in _QUIET_PATHS))
 
 
 def configure() -> None:

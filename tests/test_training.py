@@ -165,6 +165,11 @@ def test_launch_writes_events_checkpoints_and_resumes_on_rerun(tmp_path):
   for noise in ("Unable to initialize backend 'tpu'", 'Resetting cache', 'oneDNN',
                 'InitializeLog'):
     assert noise not in first.stderr, first.stderr[-3000:]
+  # Training says one line per epoch (plus clu's occasional progress line), not one per metric.
+  lines = first.stderr.splitlines()
+  epochs = [i for i, line in enumerate(lines) if ' Epoch ' in line]
+  assert len(epochs) == 2 and epochs[1] - epochs[0] <= 2, first.stderr[-3000:]
+  assert not any('logging_writer.py' in line for line in lines), first.stderr[-3000:]
   assert list(workdir.glob('events.out.tfevents.*'))
   assert sorted(p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
   assert list((workdir / 'checkpoints_best').iterdir())
