@@ -37,12 +37,11 @@ from facialnet_jax import report
 from facialnet_jax import restore
 from facialnet_jax import workdir_lock
 from facialnet_jax.errors import UserError
+from facialnet_jax.run_files import CONFIG_FILE, RESULTS_FILE
 
 REPORT_FILE = 'report.md'
 SUMMARY_FILE = 'cross_validation.json'
 CURVES_FILE = 'training_curves.png'
-# train.py writes this when a run has finished (training and its own final evaluation).
-RESULTS_FILE = 'results.json'
 GROUPS_PICTURE = 'accuracy_by_age.png'
 # Seconds spent on a fold (training and its test evaluation), summed over invocations.
 WALL_TIME_FILE = 'cross_validation_seconds.json'
@@ -89,7 +88,7 @@ def _flatten(values: dict, prefix: str = '') -> dict:
 
 def check_same_config(config: ml_collections.ConfigDict, directory: str) -> None:
   """A fold started earlier must be continued with the same config, or the report mixes runs."""
-  path = os.path.join(directory, restore.CONFIG_FILE)
+  path = os.path.join(directory, CONFIG_FILE)
   if not os.path.exists(path):
     return
   saved = _flatten(restore.load_config(directory).to_dict())

@@ -17,9 +17,9 @@ from facialnet_jax import sharding
 from facialnet_jax import steps
 from facialnet_jax import train_state as train_state_lib
 from facialnet_jax.errors import UserError
+from facialnet_jax.run_files import CONFIG_FILE  # the same name as in a run's workdir
 
 PARAMS_FILE = 'params.npz'
-CONFIG_FILE = 'config.json'
 META_FILE = 'meta.json'
 # The model trained by this project that ships with the package (README "Shipped model").
 SHIPPED = 'shipped'  # config.init_from's name for it

@@ -19,9 +19,9 @@ from facialnet_jax import optim
 from facialnet_jax import sharding
 from facialnet_jax import train_state as train_state_lib
 from facialnet_jax.errors import UserError
+from facialnet_jax.run_files import CONFIG_FILE
 
 # Written by train.py beside the checkpoints.
-CONFIG_FILE = 'config.json'
 LATEST = 'latest'
 BEST = 'best'
 _BUILDER_CONFIG_RE = re.compile(r'^(gray|rgb)(\d+)$')

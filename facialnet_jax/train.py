@@ -31,13 +31,10 @@ from facialnet_jax import steps
 from facialnet_jax import streaming
 from facialnet_jax import tensorflow_optional
 from facialnet_jax import train_state as train_state_lib
+from facialnet_jax.run_files import CONFIG_FILE, ERRORS_FILE, RESULTS_FILE
 from facialnet_jax import workdir_lock
 from facialnet_jax.errors import UserError
 
-CONFIG_FILE = 'config.json'
-RESULTS_FILE = 'results.json'
-# Libraries' full error reports (orbax's tracebacks of a failed checkpoint write).
-ERRORS_FILE = 'errors.log'
 
 
 class TrainingDiverged(UserError):

@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from facialnet_jax import checkpointing, cross_validate, interrupts, restore, train, workdir_lock
+from facialnet_jax import run_files
 from tests.conftest import (REPO_ROOT, final_params, launch_command, run_launch, tiny_config,
                             tiny_flags)
 from tests.test_crash_safety import TMP_MARK, _assert_same_params, _leftovers, _steps
@@ -234,7 +235,7 @@ def test_full_disk_on_the_command_line_is_one_error_line_last_without_tracebacks
     assert 'Traceback' not in failed.stderr, failed.stderr[-3000:]
     last = failed.stderr.strip().splitlines()[-1]
     assert last.startswith('error: Writing the checkpoint of step 4 to ') and 'No space left' in last
-    assert 'Traceback' in (workdir / train.ERRORS_FILE).read_text()
+    assert 'Traceback' in (workdir / run_files.ERRORS_FILE).read_text()
     subprocess.run(['mount', '-o', 'remount,size=256m', str(disk)], check=True)
     resumed = run_launch(*flags)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -296,7 +297,7 @@ def test_sigterm_saves_where_it_stops_and_the_rerun_ends_bit_for_bit_like_an_uni
                            f'{interrupted}/checkpoints/{stopped_at}. Run the same command to '
                            'resume.')
       assert _steps(interrupted / 'checkpoints')[-1] == stopped_at
-      assert not (interrupted / train.RESULTS_FILE).exists()
+      assert not (interrupted / run_files.RESULTS_FILE).exists()
 
       resumed = run_launch('--workdir', str(interrupted), *SIGTERM_ARGS)
       assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -309,7 +310,7 @@ def test_sigterm_saves_where_it_stops_and_the_rerun_ends_bit_for_bit_like_an_uni
 
   # As in the SIGKILL test: the same steps from the same bits, so equality, not a tolerance.
   _assert_same_params(final_params(interrupted), final_params(reference))
-  results = json.loads((interrupted / train.RESULTS_FILE).read_text())
-  expected = json.loads((reference / train.RESULTS_FILE).read_text())
+  results = json.loads((interrupted / run_files.RESULTS_FILE).read_text())
+  expected = json.loads((reference / run_files.RESULTS_FILE).read_text())
   del results['timing'], expected['timing']  # seconds differ; every metric must not
   assert results == expected
