@@ -22,11 +22,20 @@ Genders: ``'m'`` → 0, ``'f'`` → 1; ``'u'``, empty and anything else → -1.
 import re
 
 AGE_GROUP_NAMES = ('0-2', '4-6', '8-13', '15-20', '25-32', '38-43', '48-53', '60-100')
-GENDER_NAMES = ('m', 'f')
+GENDER_NAMES = ('m', 'f')  # as Adience's fold files spell them
 NUM_AGE_GROUPS = len(AGE_GROUP_NAMES)
 NUM_GENDERS = len(GENDER_NAMES)
 # The label value for "no label": models mask these examples out of the loss of that head.
 UNKNOWN = -1
+
+# The two heads: the label key each is trained on, its class names as reports and predictions
+# show them, and its number of classes.
+HEADS = ('gender', 'age')
+LABEL_KEYS = {'gender': 'gender', 'age': 'age_group'}
+GENDER_CLASS_NAMES = tuple({'m': 'male', 'f': 'female'}[g] for g in GENDER_NAMES)
+AGE_CLASS_NAMES = AGE_GROUP_NAMES
+CLASS_NAMES = {'gender': GENDER_CLASS_NAMES, 'age': AGE_CLASS_NAMES}
+NUM_CLASSES = {head: len(names) for head, names in CLASS_NAMES.items()}
 
 # Inclusive year bounds per group; the last group has no upper bound.
 AGE_GROUP_YEARS = ((0, 2), (4, 6), (8, 13), (15, 20), (25, 32), (38, 43), (48, 53), (60, None))

@@ -10,6 +10,7 @@ The end is W/report.md (per-fold rows, mean ± std, quoted reference rows), W/cr
 training curves and confusion matrices (summed over folds) as PNG.
 """
 
+from facialnet_jax import age_groups
 from facialnet_jax import cpu_env
 
 if __name__ == '__main__':
@@ -225,10 +226,10 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, fold_metrics: 
     matrix = sum(np.array(m['confusion_matrices'][head]['rows_true_columns_predicted'])
                  for m in fold_metrics.values())
     base = f'confusion_{head}'
-    report.write_confusion_csv(matrix, report.CLASS_NAMES[head],
+    report.write_confusion_csv(matrix, age_groups.CLASS_NAMES[head],
                                os.path.join(workdir, base + '.csv'))
     report.plot_confusion_matrix(
-        matrix, report.CLASS_NAMES[head],
+        matrix, age_groups.CLASS_NAMES[head],
         f'{report.HEAD_TITLES[head]}: test folds {", ".join(map(str, sorted(fold_metrics)))} '
         f'summed\n{int(matrix.sum())} labelled test images', os.path.join(workdir, base + '.png'))
     pictures.append((f'{report.HEAD_TITLES[head]} confusion matrix, test folds summed',

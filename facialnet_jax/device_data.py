@@ -7,10 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from facialnet_jax import age_groups
 from facialnet_jax import metrics as metrics_lib
-from facialnet_jax import models
 from facialnet_jax import sharding
-from facialnet_jax.metrics import UNKNOWN_LABEL
 from facialnet_jax.steps import BATCH_KEYS
 
 # A fixed stream id keeps the data-order key apart from the augmentation and dropout keys.
@@ -37,7 +36,7 @@ def put_split_on_devices(arrays: dict[str, np.ndarray], mesh: jax.sharding.Mesh)
   for key in BATCH_KEYS:
     array = arrays[key]
     if padding:
-      fill = 0 if key == 'image' else UNKNOWN_LABEL
+      fill = 0 if key == 'image' else age_groups.UNKNOWN
       pad_rows = np.full((padding, *array.shape[1:]), fill, array.dtype)
       array = np.concatenate([array, pad_rows])
     placed[key] = sharding.global_array(array, sharding.split_on_data_axis(mesh))
@@ -64,7 +63,7 @@ def take_batch(arrays: dict[str, jax.Array], indices: jax.Array,
   safe = jnp.where(valid, indices, 0)
   batch = {key: jnp.take(arrays[key], safe, axis=0) for key in BATCH_KEYS}
   for key in ('gender', 'age_group'):
-    batch[key] = jnp.where(valid, batch[key], UNKNOWN_LABEL)
+    batch[key] = jnp.where(valid, batch[key], age_groups.UNKNOWN)
   return jax.lax.with_sharding_constraint(batch, batch_sharding)
 
 
@@ -133,8 +132,8 @@ def make_eval_loop(eval_step: Callable, split: DeviceSplit, batch_size: int,
       return totals.merge(step_metrics), probabilities
 
     empty_probabilities = {
-        'gender': jnp.zeros((num_batches * batch_size, models.NUM_GENDER_CLASSES)),
-        'age': jnp.zeros((num_batches * batch_size, models.NUM_AGE_GROUPS))}
+        'gender': jnp.zeros((num_batches * batch_size, age_groups.NUM_GENDERS)),
+        'age': jnp.zeros((num_batches * batch_size, age_groups.NUM_AGE_GROUPS))}
     totals, probabilities = jax.lax.fori_loop(
         0, num_batches, body, (metrics_lib.EvalMetrics.empty(), empty_probabilities))
     return totals, {head: p[:num_examples] for head, p in probabilities.items()}

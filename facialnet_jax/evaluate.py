@@ -28,6 +28,7 @@ import numpy as np
 from absl import flags
 from absl import logging
 
+from facialnet_jax import age_groups
 from facialnet_jax import cli
 from facialnet_jax import compilation_cache
 from facialnet_jax import device_data
@@ -39,15 +40,13 @@ from facialnet_jax import restore
 from facialnet_jax import sharding
 from facialnet_jax import steps
 from facialnet_jax.errors import UserError
-from facialnet_jax.metrics import UNKNOWN_LABEL
 
 PROTOCOL_SPLITS = ('train', 'validation', 'test')
 METRICS_FILE = 'metrics.json'
 PREDICTIONS_FILE = 'predictions.csv'
-# A missing label (UNKNOWN_LABEL) in predictions.csv.
+# A missing label (age_groups.UNKNOWN) in predictions.csv.
 UNKNOWN_NAME = 'unknown'
 # Head → the label key of a split.
-LABEL_KEYS = {'gender': 'gender', 'age': 'age_group'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +77,7 @@ class Evaluation:
   plain_metrics: dict[str, float | None] | None = None
 
   def to_json(self) -> dict:
-    per_class = {head: report.per_class_precision_recall(matrix, report.CLASS_NAMES[head])
+    per_class = {head: report.per_class_precision_recall(matrix, age_groups.CLASS_NAMES[head])
                  for head, matrix in self.confusion.items()}
     return {
         'checkpoint': {'workdir': self.run.workdir, 'checkpoint': self.run.checkpoint,
@@ -93,7 +92,7 @@ class Evaluation:
         **({'without_flip': self.plain_metrics} if self.plain_metrics else {}),
         'per_class': per_class,
         'per_group': self.per_group(),
-        'confusion_matrices': {head: {'classes': list(report.CLASS_NAMES[head]),
+        'confusion_matrices': {head: {'classes': list(age_groups.CLASS_NAMES[head]),
                                       'rows_true_columns_predicted': matrix.tolist()}
                                for head, matrix in self.confusion.items()},
     }
@@ -187,9 +186,9 @@ def evaluate(run: restore.RestoredRun, data: EvaluationData,
   metrics, probabilities = results[flip]
   probabilities = {head: np.asarray(jax.device_get(p)) for head, p in probabilities.items()}
   confusion = {
-      head: report.confusion_matrix(getattr(split, LABEL_KEYS[head]),
+      head: report.confusion_matrix(getattr(split, age_groups.LABEL_KEYS[head]),
                                     probabilities[head].argmax(axis=-1),
-                                    len(report.CLASS_NAMES[head]))
+                                    len(age_groups.CLASS_NAMES[head]))
       for head in ('gender', 'age')}
   return Evaluation(run, data, metrics, confusion, probabilities, flip,
                     results[False][0] if flip else None)
@@ -213,7 +212,7 @@ def default_output_dir(evaluation: Evaluation) -> str:
 
 def class_name(head: str, label: int) -> str:
   """The name of class `label` of `head` ('female', '25-32'); UNKNOWN_NAME for a missing label."""
-  return UNKNOWN_NAME if label == UNKNOWN_LABEL else report.CLASS_NAMES[head][label]
+  return UNKNOWN_NAME if label == age_groups.UNKNOWN else age_groups.CLASS_NAMES[head][label]
 
 
 def write_predictions_csv(evaluation: Evaluation, path: str) -> None:
@@ -223,9 +222,9 @@ def write_predictions_csv(evaluation: Evaluation, path: str) -> None:
   with open(path, 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(['index', 'subject_id', 'gender', 'gender_predicted',
-                     *(f'p_gender_{c}' for c in report.GENDER_CLASS_NAMES),
+                     *(f'p_gender_{c}' for c in age_groups.GENDER_CLASS_NAMES),
                      'age_group', 'age_group_predicted',
-                     *(f'p_age_{c}' for c in report.AGE_CLASS_NAMES)])
+                     *(f'p_age_{c}' for c in age_groups.AGE_CLASS_NAMES)])
     for i in range(len(split)):
       writer.writerow([i, split.subject_id[i], class_name('gender', int(split.gender[i])),
                        class_name('gender', int(probabilities['gender'][i].argmax())),
@@ -244,7 +243,7 @@ def write_evaluation(evaluation: Evaluation, output_dir: str) -> list[str]:
   written.append(os.path.join(output_dir, PREDICTIONS_FILE))
   write_predictions_csv(evaluation, written[-1])
   for head, matrix in evaluation.confusion.items():
-    classes = report.CLASS_NAMES[head]
+    classes = age_groups.CLASS_NAMES[head]
     base = os.path.join(output_dir, f'confusion_{head}')
     report.write_confusion_csv(matrix, classes, base + '.csv')
     title = (f'{report.HEAD_TITLES[head]}: {evaluation.data.dataset} {evaluation.data.split_name}'

@@ -10,9 +10,7 @@ from facialnet_jax import age_groups
 # apart because infants and children fail differently.
 AGE_BANDS = ('0-2', '3-9', '10-19', '20-29', '30-39', '40-49', '50-59', '60-69', '70+')
 _BAND_LOWER_BOUNDS = np.array([0, 3, 10, 20, 30, 40, 50, 60, 70])
-GENDER_GROUP_NAMES = ('male', 'female')
 # Head → the split's label of it.
-HEAD_LABELS = {'gender': 'gender', 'age': 'age_group'}
 
 
 def age_band(ages) -> np.ndarray:
@@ -43,7 +41,7 @@ def group_columns(split) -> dict[str, tuple[np.ndarray, tuple[str, ...]]]:
     columns['age_band'] = (age_band(age), AGE_BANDS)
   else:
     columns['age_group'] = (np.asarray(split.age_group), age_groups.AGE_GROUP_NAMES)
-  columns['gender'] = (np.asarray(split.gender), GENDER_GROUP_NAMES)
+  columns['gender'] = (np.asarray(split.gender), age_groups.GENDER_CLASS_NAMES)
   race = getattr(split, 'race', None)
   if race is not None and (np.asarray(race) >= 0).any():
     columns['race'] = (np.asarray(race), tuple(split.race_names))
@@ -72,7 +70,7 @@ def per_group(split, probabilities: dict[str, np.ndarray]) -> dict[str, dict[str
 
   `probabilities`: {'gender': (N, 2), 'age': (N, 8)}. Groups without examples are left out;
   an accuracy is None where the group has no known label of that head."""
-  labels = {key: np.asarray(getattr(split, key)) for key in HEAD_LABELS.values()}
+  labels = {key: np.asarray(getattr(split, key)) for key in age_groups.LABEL_KEYS.values()}
   predicted = {head: np.asarray(p).argmax(axis=-1) for head, p in probabilities.items()}
   table = {}
   for grouping, (index, names) in group_columns(split).items():
@@ -113,7 +111,7 @@ def pool(tables: list[dict[str, dict[str, dict]]]) -> dict[str, dict[str, dict]]
 
 
 _NAME_ORDER = {'age_band': AGE_BANDS, 'age_group': age_groups.AGE_GROUP_NAMES,
-               'gender': GENDER_GROUP_NAMES}
+               'gender': age_groups.GENDER_CLASS_NAMES}
 
 
 def _rows(table: dict[str, dict[str, dict]]):

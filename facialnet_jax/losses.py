@@ -5,19 +5,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from facialnet_jax.age_groups import NUM_AGE_GROUPS, NUM_GENDERS
-from facialnet_jax.metrics import UNKNOWN_LABEL
+from facialnet_jax import age_groups
+
 AGE_LOSSES = ('cross_entropy', 'ordinal', 'label_distribution')
 CLASS_BALANCE = ('', 'inverse_sqrt', 'effective_number')
-# Head name → its label's key in a batch, with the number of classes.
-HEADS = {'gender': ('gender', NUM_GENDERS), 'age': ('age_group', NUM_AGE_GROUPS)}
 
 
 def masked_mean(per_example: jax.Array, labels: jax.Array,
                 class_weights: jax.Array | None = None) -> jax.Array:
   """Mean of per-example losses over the known labels (0 when none is), each scaled by its
   class's weight when `class_weights` is given."""
-  known = labels != UNKNOWN_LABEL
+  known = labels != age_groups.UNKNOWN
   if class_weights is not None:
     per_example = per_example * jnp.asarray(class_weights)[jnp.where(known, labels, 0)]
   # Divided by the count of known labels, not by the weights' sum: the weights average 1 over
@@ -29,7 +27,7 @@ def masked_mean(per_example: jax.Array, labels: jax.Array,
 def masked_cross_entropy(logits: jax.Array, labels: jax.Array,
                          class_weights: jax.Array | None = None) -> jax.Array:
   """Mean softmax cross-entropy over the examples whose label is known (0 when none is)."""
-  known = labels != UNKNOWN_LABEL
+  known = labels != age_groups.UNKNOWN
   per_example = optax.softmax_cross_entropy_with_integer_labels(
       logits, jnp.where(known, labels, 0))
   return masked_mean(per_example, labels, class_weights)
@@ -101,7 +99,7 @@ def multitask_loss(logits: dict[str, jax.Array], labels: dict[str, jax.Array], l
 
 
 def _balanced(labels: np.ndarray, num_classes: int, scheme: str, beta: float) -> np.ndarray:
-  counts = np.bincount(labels[labels != UNKNOWN_LABEL], minlength=num_classes).astype(np.float64)
+  counts = np.bincount(labels[labels != age_groups.UNKNOWN], minlength=num_classes).astype(np.float64)
   if not counts.any():
     return np.ones(num_classes, np.float32)
   present = counts > 0
@@ -125,5 +123,6 @@ def class_weights(labels: dict[str, np.ndarray], scheme: str,
   """
   if not scheme:
     return None
-  return {head: _balanced(np.asarray(labels[key]), num_classes, scheme, beta)
-          for head, (key, num_classes) in HEADS.items()}
+  return {head: _balanced(np.asarray(labels[age_groups.LABEL_KEYS[head]]),
+                         age_groups.NUM_CLASSES[head], scheme, beta)
+          for head in age_groups.HEADS}

@@ -1,11 +1,10 @@
 """CLU metric collections of the two heads; a label of -1 means unknown and is left out (the training losses are in losses.py)."""
 
-import jax
 import jax.numpy as jnp
 import optax
 from clu import metrics
 
-UNKNOWN_LABEL = -1
+from facialnet_jax import age_groups
 
 
 def _per_example_cross_entropy(logits, labels):
@@ -14,28 +13,28 @@ def _per_example_cross_entropy(logits, labels):
 
 def _gender_loss(gender_logits, gender, **_):
   return {'values': _per_example_cross_entropy(gender_logits, gender),
-          'mask': gender != UNKNOWN_LABEL}
+          'mask': gender != age_groups.UNKNOWN}
 
 
 def _age_loss(age_logits, age_group, **_):
   return {'values': _per_example_cross_entropy(age_logits, age_group),
-          'mask': age_group != UNKNOWN_LABEL}
+          'mask': age_group != age_groups.UNKNOWN}
 
 
 def _gender_accuracy(gender_logits, gender, **_):
   return {'values': (jnp.argmax(gender_logits, -1) == gender).astype(jnp.float32),
-          'mask': gender != UNKNOWN_LABEL}
+          'mask': gender != age_groups.UNKNOWN}
 
 
 def _age_accuracy(age_logits, age_group, **_):
   return {'values': (jnp.argmax(age_logits, -1) == age_group).astype(jnp.float32),
-          'mask': age_group != UNKNOWN_LABEL}
+          'mask': age_group != age_groups.UNKNOWN}
 
 
 def _age_one_off_accuracy(age_logits, age_group, **_):
   """The standard Adience 1-off metric: the predicted group is the true one or a neighbour."""
   distance = jnp.abs(jnp.argmax(age_logits, -1) - age_group)
-  return {'values': (distance <= 1).astype(jnp.float32), 'mask': age_group != UNKNOWN_LABEL}
+  return {'values': (distance <= 1).astype(jnp.float32), 'mask': age_group != age_groups.UNKNOWN}
 
 
 # Per-example averages over known labels only.

@@ -5,7 +5,9 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-LABEL_KEYS = ('gender', 'age_group')
+from facialnet_jax import age_groups
+
+LABEL_KEYS = tuple(age_groups.LABEL_KEYS.values())
 # Folded into the step's augmentation key, so mixup draws from its own stream and the other
 # augmentations' draws stay exactly what they were without it.
 _STREAM = 1

@@ -6,6 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from facialnet_jax import age_groups
+
 # The paper's layer table: (name, features, kernel, stride, padding). ReLU follows every conv.
 BACKBONE_LAYERS = (
     ('conv1', 32, 3, 2, 1),
@@ -17,8 +19,6 @@ BACKBONE_LAYERS = (
     ('conv7', 512, 3, 2, 1),
     ('conv8', 512, 1, 1, 0),
 )
-NUM_GENDER_CLASSES = 2
-NUM_AGE_GROUPS = 8
 
 # He (Kaiming) normal, fan-in: with it the network learns in the first epoch, while small
 # PyTorch-style inits leave it at chance for epochs (see STACK_NOTES).
@@ -88,9 +88,9 @@ class FacialNet(nn.Module):
     features = Backbone(self.dtype, self.batch_norm, self.conv_implementation,
                         name='backbone')(images, train)
     return {
-        'gender': Head(NUM_GENDER_CLASSES, dropout_rates=(0.5, 0.3), dtype=self.dtype,
+        'gender': Head(age_groups.NUM_GENDERS, dropout_rates=(0.5, 0.3), dtype=self.dtype,
                        name='gender_head')(features, train),
-        'age': Head(NUM_AGE_GROUPS, dropout_rates=(0.4, 0.2), dtype=self.dtype,
+        'age': Head(age_groups.NUM_AGE_GROUPS, dropout_rates=(0.4, 0.2), dtype=self.dtype,
                     name='age_head')(features, train),
     }
 

@@ -25,8 +25,7 @@ from facialnet_jax.errors import UserError
 
 OPSET = 17
 INPUT = 'image'
-OUTPUTS = ('gender', 'age')
-CLASSES = {'gender': models.NUM_GENDER_CLASSES, 'age': models.NUM_AGE_GROUPS}
+OUTPUTS = age_groups.HEADS
 # flax.linen.BatchNorm's default.
 BATCH_NORM_EPSILON = 1e-5
 _INSTALL_HINT = "install the export extra: pip install 'facialnet-jax[onnx]'"
@@ -154,7 +153,7 @@ def to_onnx(run: restore.RestoredRun, flip: bool | None = None):
       g.nodes, 'facialnet',
       [onnx.helper.make_tensor_value_info(INPUT, onnx.TensorProto.UINT8,
                                           ['batch', size, size, channels])],
-      [onnx.helper.make_tensor_value_info(head, onnx.TensorProto.FLOAT, ['batch', CLASSES[head]])
+      [onnx.helper.make_tensor_value_info(head, onnx.TensorProto.FLOAT, ['batch', age_groups.NUM_CLASSES[head]])
        for head in OUTPUTS],
       g.initializers)
   proto = onnx.helper.make_model(graph, producer_name='facialnet-jax',
@@ -193,7 +192,7 @@ def make_predictor(model_bytes: bytes, batch_size: int,
     parts = [session.run(list(OUTPUTS), {INPUT: np.ascontiguousarray(images[i:i + batch_size])})
              for i in range(0, len(images), batch_size)]
     if not parts:
-      return {head: np.zeros((0, CLASSES[head]), np.float32) for head in OUTPUTS}
+      return {head: np.zeros((0, age_groups.NUM_CLASSES[head]), np.float32) for head in OUTPUTS}
     return {head: np.concatenate([p[k] for p in parts]) for k, head in enumerate(OUTPUTS)}
 
   return predict

@@ -36,16 +36,15 @@ from absl import logging
 from PIL import Image
 from PIL import ImageOps
 
+from facialnet_jax import age_groups
 from facialnet_jax import alignment
 from facialnet_jax import cli
 from facialnet_jax import exported_model
 from facialnet_jax import face_detection
 from facialnet_jax import preprocessing
-from facialnet_jax import report
 from facialnet_jax import restore
 from facialnet_jax import steps
 from facialnet_jax.errors import UserError
-from facialnet_jax.metrics import UNKNOWN_LABEL
 
 # The one batch size the network is compiled for (rounded up to a multiple of the devices);
 # every batch is padded to it.
@@ -71,16 +70,16 @@ class FacePrediction:
 
   @property
   def gender(self) -> str:
-    return report.GENDER_CLASS_NAMES[int(self.gender_probabilities.argmax())]
+    return age_groups.GENDER_CLASS_NAMES[int(self.gender_probabilities.argmax())]
 
   @property
   def age_group(self) -> str:
-    return report.AGE_CLASS_NAMES[int(self.age_probabilities.argmax())]
+    return age_groups.AGE_CLASS_NAMES[int(self.age_probabilities.argmax())]
 
   def describe(self) -> str:
     face = self.face
     order = np.argsort(-self.age_probabilities)
-    runners_up = ', '.join(f'{report.AGE_CLASS_NAMES[i]} {100 * self.age_probabilities[i]:.0f}%'
+    runners_up = ', '.join(f'{age_groups.AGE_CLASS_NAMES[i]} {100 * self.age_probabilities[i]:.0f}%'
                            for i in order[1:3])
     confidence = '' if face.confidence is None else f' (face {face.confidence:.2f})'
     return (f'box x={face.x} y={face.y} w={face.width} h={face.height}{confidence} | '
@@ -92,10 +91,10 @@ class FacePrediction:
     return {'box': {key: face[key] for key in ('x', 'y', 'width', 'height')},
             'confidence': face['confidence'], 'landmarks': face['landmarks'],
             'gender': self.gender,
-            'gender_probabilities': dict(zip(report.GENDER_CLASS_NAMES,
+            'gender_probabilities': dict(zip(age_groups.GENDER_CLASS_NAMES,
                                              map(float, self.gender_probabilities))),
             'age_group': self.age_group,
-            'age_probabilities': dict(zip(report.AGE_CLASS_NAMES,
+            'age_probabilities': dict(zip(age_groups.AGE_CLASS_NAMES,
                                           map(float, self.age_probabilities)))}
 
 
@@ -144,7 +143,7 @@ def make_predictor(run: restore.RestoredRun, batch_size: int = DEFAULT_BATCH_SIZ
 
   @jax.jit
   def forward(state, images):
-    unknown = jnp.full(images.shape[:1], UNKNOWN_LABEL, jnp.int32)
+    unknown = jnp.full(images.shape[:1], age_groups.UNKNOWN, jnp.int32)
     return eval_step(state, {'image': images, 'gender': unknown, 'age_group': unknown})[1]
 
   batch_size = -(-batch_size // run.mesh.size) * run.mesh.size
@@ -383,8 +382,8 @@ def annotated_path(annotate_dir: str, photo: str, index: int) -> str:
 
 
 CSV_COLUMNS = ('photo', 'face', 'x', 'y', 'width', 'height', 'confidence', 'gender',
-               *(f'p_{name}' for name in report.GENDER_CLASS_NAMES), 'age_group',
-               *(f'p_{name}' for name in report.AGE_CLASS_NAMES), 'error',
+               *(f'p_{name}' for name in age_groups.GENDER_CLASS_NAMES), 'age_group',
+               *(f'p_{name}' for name in age_groups.AGE_CLASS_NAMES), 'error',
                'frame', 'time_s')  # the last two for videos
 
 
@@ -398,9 +397,9 @@ def csv_rows(result: PhotoResult) -> Iterator[dict]:
            'width': face.width, 'height': face.height,
            'confidence': '' if face.confidence is None else f'{face.confidence:.4f}',
            'gender': prediction.gender, 'age_group': prediction.age_group,
-           **{f'p_{name}': f'{p:.4f}' for name, p in zip(report.GENDER_CLASS_NAMES,
+           **{f'p_{name}': f'{p:.4f}' for name, p in zip(age_groups.GENDER_CLASS_NAMES,
                                                         prediction.gender_probabilities)},
-           **{f'p_{name}': f'{p:.4f}' for name, p in zip(report.AGE_CLASS_NAMES,
+           **{f'p_{name}': f'{p:.4f}' for name, p in zip(age_groups.AGE_CLASS_NAMES,
                                                         prediction.age_probabilities)}}
 
 

@@ -13,11 +13,7 @@ matplotlib.use('Agg')  # Files only: no display is needed, or present on servers
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-from facialnet_jax import age_groups  # pylint: disable=wrong-import-position
 
-AGE_CLASS_NAMES = age_groups.AGE_GROUP_NAMES
-GENDER_CLASS_NAMES = tuple({'m': 'male', 'f': 'female'}[g] for g in age_groups.GENDER_NAMES)
-CLASS_NAMES = {'gender': GENDER_CLASS_NAMES, 'age': AGE_CLASS_NAMES}
 HEAD_TITLES = {'gender': 'Gender', 'age': 'Age group'}
 # The three numbers of the report, as EvalMetrics names them.
 REPORTED_METRICS = (('gender_accuracy', 'Gender accuracy'), ('age_accuracy', 'Age exact'),

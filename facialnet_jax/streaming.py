@@ -10,12 +10,12 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
+from facialnet_jax import age_groups
 from facialnet_jax import device_data
 from facialnet_jax import input_pipeline
 from facialnet_jax import metrics as metrics_lib
 from facialnet_jax import sharding
 from facialnet_jax.errors import UserError
-from facialnet_jax.metrics import UNKNOWN_LABEL
 
 # Batches read ahead of the device: enough to hide a slow read, few enough to cost little memory.
 PREFETCH_BATCHES = 3
@@ -55,8 +55,8 @@ class StreamSplit:
     row (zero image, unknown labels) that counts nowhere."""
     valid = positions >= 0
     batch = {'image': np.zeros((len(positions), *self.image_shape), np.uint8),
-             'gender': np.full(len(positions), UNKNOWN_LABEL, np.int32),
-             'age_group': np.full(len(positions), UNKNOWN_LABEL, np.int32)}
+             'gender': np.full(len(positions), age_groups.UNKNOWN, np.int32),
+             'age_group': np.full(len(positions), age_groups.UNKNOWN, np.int32)}
     examples = self.source.__getitems__(self.rows[positions[valid]].tolist())
     if examples:  # A process's rows of the last batch may all be padding.
       batch['image'][valid] = np.stack([example['image'] for example in examples])

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from facialnet_jax import age_groups
 from facialnet_jax import augment
 from facialnet_jax import demo_data
 from facialnet_jax import evaluate
@@ -127,8 +128,8 @@ def test_predictions_csv_names_the_classes_and_unknown_labels(test_evaluation, t
   with open(tmp_path / 'predictions.csv') as f:
     rows = list(csv.DictReader(f))
   split, probabilities = test_evaluation.data.split, test_evaluation.probabilities
-  names = {'gender': ('unknown', *report.GENDER_CLASS_NAMES),
-           'age': ('unknown', *report.AGE_CLASS_NAMES)}  # -1 → 'unknown'
+  names = {'gender': ('unknown', *age_groups.GENDER_CLASS_NAMES),
+           'age': ('unknown', *age_groups.AGE_CLASS_NAMES)}  # -1 → 'unknown'
   for head, column, labels in (('gender', 'gender', split.gender),
                                ('age', 'age_group', split.age_group)):
     assert [row[column] for row in rows] == [names[head][label + 1] for label in labels]

@@ -4,6 +4,7 @@ markdown (quoted rows marked, mean ± std, unfinished protocols flagged)."""
 import numpy as np
 import pytest
 
+from facialnet_jax import age_groups
 from facialnet_jax import report
 
 
@@ -21,7 +22,7 @@ def test_confusion_matrix_leaves_unknown_labels_out():
 
 def test_confusion_csv_round_trip(tmp_path):
   matrix = np.arange(64).reshape(8, 8)
-  report.write_confusion_csv(matrix, report.AGE_CLASS_NAMES, str(tmp_path / 'm.csv'))
+  report.write_confusion_csv(matrix, age_groups.AGE_CLASS_NAMES, str(tmp_path / 'm.csv'))
   assert (tmp_path / 'm.csv').read_text().splitlines()[0] == \
       'true \\ predicted,0-2,4-6,8-13,15-20,25-32,38-43,48-53,60-100'
   np.testing.assert_array_equal(report.read_confusion_csv(str(tmp_path / 'm.csv')), matrix)
