@@ -26,6 +26,26 @@ _CHOICES = {
 }
 
 
+def flatten(values: dict, prefix: str = '') -> dict:
+  """A nested dict (a config's to_dict()) as {dotted key: value}."""
+  flat = {}
+  for key, value in values.items():
+    if isinstance(value, dict):
+      flat.update(flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def differences(saved: dict, wanted: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+  """The dotted keys whose values differ between two (nested) config dicts, a key present in
+  one only included, apart from the keys in `ignore`: what resume, evaluation, fine-tuning and
+  cross-validation compare before mixing two runs."""
+  saved, wanted = flatten(saved), flatten(wanted)
+  return sorted(key for key in set(saved) | set(wanted)
+                if key not in ignore and saved.get(key) != wanted.get(key))
+
+
 def _get(config, dotted: str):
   value = config
   for part in dotted.split('.'):

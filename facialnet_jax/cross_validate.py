@@ -31,6 +31,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from facialnet_jax import cli
+from facialnet_jax import config_checks
 from facialnet_jax import evaluate
 from facialnet_jax import folds
 from facialnet_jax import groups
@@ -77,24 +78,14 @@ def check_protocol(config: ml_collections.ConfigDict) -> None:
                     'the validation subjects are carved from the training folds; set it to "".')
 
 
-def _flatten(values: dict, prefix: str = '') -> dict:
-  flat = {}
-  for key, value in values.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
-
-
 def check_same_config(config: ml_collections.ConfigDict, directory: str) -> None:
   """A fold started earlier must be continued with the same config, or the report mixes runs."""
   path = os.path.join(directory, CONFIG_FILE)
   if not os.path.exists(path):
     return
-  saved = _flatten(restore.load_config(directory).to_dict())
-  wanted = _flatten(json.loads(config.to_json_best_effort()))
-  differences = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+  saved = config_checks.flatten(restore.load_config(directory).to_dict())
+  wanted = config_checks.flatten(json.loads(config.to_json_best_effort()))
+  differences = config_checks.differences(saved, wanted)
   if differences:
     shown = ', '.join(f'{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now'
                       for k in differences[:4])

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
+from facialnet_jax import config_checks
 from facialnet_jax import exported_model
 from facialnet_jax import restore
 from facialnet_jax import steps
@@ -24,7 +25,7 @@ def check_compatible(config, source: restore.RestoredRun, channels: int) -> None
   """One-line error when `source`'s network cannot start this run's."""
   trained = source.config.model.to_dict()
   wanted = config.model.to_dict()
-  differences = restore.model_differences(trained, wanted, ignore=_COMPUTE_ONLY)
+  differences = config_checks.differences(trained, wanted, ignore=_COMPUTE_ONLY)
   if differences:
     details = ', '.join(f'model.{key} {trained.get(key)!r} there, {wanted.get(key)!r} here'
                         for key in differences)

@@ -14,6 +14,7 @@ import orbax.checkpoint as ocp
 
 from facialnet_jax import checkpointing
 from facialnet_jax import compilation_cache
+from facialnet_jax import config_checks
 from facialnet_jax import models
 from facialnet_jax import optim
 from facialnet_jax import sharding
@@ -127,12 +128,6 @@ def _find_checkpoint(workdir: str, checkpoint: str) -> tuple[ocp.CheckpointManag
 CHANNEL_KINDS = {1: 'grayscale', 3: 'RGB'}
 
 
-def model_differences(trained: dict, expected: dict, ignore: tuple[str, ...] = ()) -> list[str]:
-  """The config.model keys whose values differ between two runs (apart from `ignore`)."""
-  return sorted(key for key in set(trained) | set(expected)
-                if key not in ignore and trained.get(key) != expected.get(key))
-
-
 def _check_model_config(config: ml_collections.ConfigDict, meta: dict, where: str) -> None:
   trained = meta.get('model')
   expected = config.model.to_dict()
@@ -140,7 +135,7 @@ def _check_model_config(config: ml_collections.ConfigDict, meta: dict, where: st
     raise UserError(f'The checkpoint in {where} has no model description in its meta; it was '
                     'written by another version of this code. Re-train, or evaluate it with '
                     'that version.')
-  differences = model_differences(trained, expected)
+  differences = config_checks.differences(trained, expected)
   if differences:
     details = ', '.join(f'model.{k}: checkpoint {trained.get(k)!r}, config.json '
                         f'{expected.get(k)!r}' for k in differences)

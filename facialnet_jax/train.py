@@ -134,8 +134,10 @@ def _resume(checkpoints: checkpointing.RunCheckpoints, state, epoch_steps: int, 
     return state
   state, meta = restored
   workdir = os.path.dirname(checkpoints.latest.directory)
-  changed = sorted(key for key, value in run_identity(config).items()
-                   if key in meta.get('run', {}) and meta['run'][key] != value)
+  identity, saved = run_identity(config), meta.get('run', {})
+  # Keys a checkpoint of an older version did not record are not compared.
+  changed = config_checks.differences({key: saved[key] for key in identity if key in saved},
+                                      {key: identity[key] for key in identity if key in saved})
   if changed:
     raise UserError(f'{workdir} holds a run with other {", ".join(changed)} than this config; '
                     'resuming would mix two runs. Use a new --workdir, or the config it was '

@@ -180,7 +180,8 @@ WORKDIR_CASES = [
      r'Use a new --workdir, or the config it was started with \(its config.json\).', 1),
     ('checkpoints of other data (another test fold, split or data set)', _copy_of_run,
      (*SYNTHETIC, *tiny_flags(**{'data.validation_fraction': 0.3})),
-     r'.*/run holds a run with other data than this config; resuming would mix two runs.', 1),
+     r'.*/run holds a run with other data.validation_fraction than this config; resuming would '
+     r'mix two runs.', 1),
     ('no checkpoint can be read', _run_without_readable_checkpoint, (*SYNTHETIC, *tiny_flags()),
      r'No checkpoint in .*/run/checkpoints can be read \(steps 16, 8; the last error, at step 8: '
      r'KeyError: .*\); move the directory away to start afresh', 1),
