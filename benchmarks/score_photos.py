@@ -166,8 +166,9 @@ def main(argv):
     scores = (by_backend[FLAGS.backend[0]] if len(by_backend) == 1
               else {'backends': by_backend})
   print(json.dumps(scores, indent=2))
-  if FLAGS.picture and 'by_decade' in scores:
-    plot_by_decade(scores, FLAGS.picture, f'{os.path.basename(folder)}: largest face per photo')
+  if FLAGS.picture:  # with several backends, the first one's (they score alike)
+    pictured = scores['backends'][FLAGS.backend[0]] if 'backends' in scores else scores
+    plot_by_decade(pictured, FLAGS.picture, f'{os.path.basename(folder)}: largest face per photo')
   if FLAGS.output:
     with open(FLAGS.output, 'w', encoding='utf-8') as f:
       json.dump(scores, f, indent=2)
