@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import onnx
 import pytest
@@ -29,11 +30,13 @@ def _faces(run, count=13, seed=0):
                                               dtype=np.uint8)
 
 
-def _assert_same_probabilities(run, flip, images, tolerance=TOLERANCE):
+def _assert_same_probabilities(run, flip, images, tolerance=TOLERANCE, varied=True):
   expected = predict.make_predictor(run, batch_size=8, flip=flip)(images)
   exported = onnx_export.to_onnx(run, flip).SerializeToString()
   got = onnx_export.make_predictor(exported, batch_size=8)(images)
   for head in ('gender', 'age'):
+    # Outputs that differ between faces: the comparison can see a wrong layer.
+    assert not varied or expected[head].std(axis=0).max() > 0.01, head
     assert got[head].shape == expected[head].shape
     np.testing.assert_allclose(got[head], expected[head], atol=tolerance, err_msg=head)
 
@@ -49,8 +52,26 @@ def trained_runs(tmp_path_factory):
     train.train_and_evaluate(tiny_config(**{'num_epochs': 1, 'data.synthetic_train_examples': 20,
                                             'data.synthetic_test_examples': 5, **overrides}),
                              str(directory))
-    runs[name] = restore.restore_run(str(directory), 'latest')
+    runs[name] = _with_random_weights(restore.restore_run(str(directory), 'latest'))
   return runs
+
+
+def _with_random_weights(run):
+  """The run with every parameter and batch statistic drawn at random: two steps of training
+  leave the zero-initialised output layers near zero, so the outputs would hardly depend on the
+  input and a wrong layer in the graph could pass unseen."""
+  rng = np.random.default_rng(1)
+  draw = lambda a, std=0.1: np.asarray(rng.normal(0, std, np.shape(a)), np.float32)
+  # Kernels at He scale (2 / fan-in), so that activations neither vanish nor explode.
+  # Batch-norm scales near 1, else each layer shrinks the signal tenfold.
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, a: draw(a, np.sqrt(2 / np.prod(np.shape(a)[:-1]))) if np.ndim(a) > 1
+      else 1 + draw(a) if path[-1].key == 'scale' else draw(a), jax.device_get(run.state.params))
+  stats = jax.tree_util.tree_map_with_path(
+      lambda path, a: np.abs(draw(a)) + 0.5 if path[-1].key == 'var' else draw(a),
+      jax.device_get(run.state.batch_stats))
+  state = dataclasses.replace(run.state, params=params, batch_stats=stats)
+  return dataclasses.replace(run, state=state)
 
 
 @pytest.mark.parametrize('implementation', conv.IMPLEMENTATIONS)
@@ -70,7 +91,9 @@ def test_onnxruntime_matches_jax_for_every_conv_implementation(trained_runs, imp
 def test_batch_norm_and_centre_crop_export(trained_runs):
   run = trained_runs['batch_norm_crop']
   assert run.stored_image_size == 83
-  _assert_same_probabilities(run, False, _faces(run))
+  # Known gap: with random batch-norm statistics every ReLU of this tiny run ends dead, so its
+  # outputs do not vary between faces and this checks the graph runs, not each layer's values.
+  _assert_same_probabilities(run, False, _faces(run), varied=False)
 
 
 def test_the_shipped_model_exports_with_its_flip_and_metadata():
