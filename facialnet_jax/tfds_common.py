@@ -135,6 +135,33 @@ def _one_line_excepthook(previous):
   return excepthook
 
 
+class _QuietBuildLogs:
+  """A logging filter for the noise `tfds build` shows around a face build (see
+  quiet_build_command_line)."""
+
+  def filter(self, record) -> bool:
+    # tfds's warning about the very folder it is about to fill.
+    return not str(record.msg).startswith('Variant folder')
+
+
+def quiet_build_command_line() -> None:
+  """Under the `tfds build` command line, a face build prints its start, errors, warnings and
+  one summary line: tfds's INFO lines (one per shard written, 'Generating…', 'Dataset generation
+  completed…') and its warning about the empty folder it is about to fill go, and progress bars
+  are shown only on a terminal (in a log file tqdm leaves cursor escapes). Nothing changes
+  outside the command line. TensorFlow's import notices and apache-beam's apitools warning come
+  before any project code runs and stay."""
+  if _TFDS_CLI_MODULE not in sys.modules or getattr(quiet_build_command_line, 'done', False):
+    return
+  quiet_build_command_line.done = True
+  import logging  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger('absl').addFilter(_QuietBuildLogs())
+  if not sys.stderr.isatty():
+    tfds.disable_progress_bar()
+
+
 def report_build_errors_in_one_line() -> None:
   """Under the `tfds build` command line, a UserError that stops the build (BadRecordError,
   BadSourceError, MissingSourceError) is printed as `error: <message>` instead of a traceback
@@ -560,6 +587,16 @@ def describe_preprocessing(config: FaceImageConfig) -> dict[str, Any]:
 # The builder options and steps every face data set shares.
 
 
+class _BuiltDatasetInfo(tfds.core.DatasetInfo):
+  """The info of a data set this process has just built under `tfds build`: its repr, which
+  the command prints last, is the build's one summary line."""
+
+  build_summary: str
+
+  def __repr__(self) -> str:
+    return self.build_summary
+
+
 class FaceDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Base of the face builders: the `skip_bad_records` and `num_workers` options, the manual
   dir check, the writing of prepared records and the one line at the end of a build that says
@@ -601,6 +638,7 @@ class FaceDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     self._original_state.update(skip_bad_records=skip_bad_records, num_workers=num_workers)
     self._drop_log: DropLog | None = None
     report_build_errors_in_one_line()
+    quiet_build_command_line()
 
   def _new_drop_log(self) -> DropLog:
     # A custom config cannot be named on the command line: show the default one there.
@@ -611,35 +649,72 @@ class FaceDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
                              self.SKIPPED_BY_DEFAULT)
     return self._drop_log
 
-  def build_summary(self) -> str | None:
-    """The line printed at the end of a build that skipped or dropped rows (None otherwise):
-    'tfds_utkface/gray75: 15,247 examples; skipped 3 files with malformed names (…) and dropped
-    154 exact duplicate images; all are counted and listed in <data dir>/metadata.json'."""
+  def build_summary(self) -> str:
+    """The line printed at the end of a build: 'tfds_utkface/gray75: 15,247 examples (train
+    12,104, validation 1,597, test 1,546) in <data dir>', then what was skipped or dropped:
+    '; skipped 3 files with malformed names (…) and dropped 154 exact duplicate images; all
+    are counted and listed in <data dir>/metadata.json (dropped_rows)'."""
+    splits = self.info.splits
+    line = (f'{self.name}/{self.builder_config.name}: {splits.total_num_examples:,} examples ('
+            + ', '.join(f'{name} {split.num_examples:,}' for name, split in splits.items())
+            + f') in {self.data_path}')
     summary = self._drop_log.summary(self.DROP_NOUNS) if self._drop_log else None
     if summary is None:
-      return None
+      return line
     where = ('all are counted and listed in' if len(self._drop_log.dropped) <= MAX_LISTED_DROPS
              else f'all are counted, the first {MAX_LISTED_DROPS:,} listed, in')
-    return (f'{self.name}/{self.builder_config.name}: '
-            f'{self.info.splits.total_num_examples:,} examples; {summary}; {where} '
-            f'{self.data_path / "metadata.json"} (dropped_rows)')
+    return f'{line}; {summary}; {where} {self.data_path / "metadata.json"} (dropped_rows)'
+
+  def download_and_prepare(self, *, download_dir=None, download_config=None, **kwargs):
+    # The raw files are checked before tfds creates any folder, so that a missing --manual_dir
+    # is one line and leaves nothing behind (tfds's own message is the whole download guide).
+    if self.is_prepared():
+      self._say_last(self.build_summary().replace(': ', ': already built, ', 1))
+    else:
+      config = download_config or tfds.download.DownloadConfig()
+      manual_dir = pathlib.Path(config.manual_dir or pathlib.Path(
+          download_dir or self.data_dir_root / 'downloads') / 'manual')
+      if not (manual_dir.is_dir() and any(manual_dir.iterdir())):
+        if not config.manual_dir:
+          problem = 'no --manual_dir was given'
+        else:
+          problem = f'{manual_dir} is {"empty" if manual_dir.is_dir() else "not a folder"}'
+        raise MissingSourceError(
+            f'{self.name} is built from files you download yourself and {problem}: pass '
+            f'{self.MANUAL_DIR_CONTENTS} as --manual_dir DIR (Python: download_config='
+            'tfds.download.DownloadConfig(manual_dir=DIR)); where to get them: README.md, '
+            'section Data.')
+      print(f'Building {self.name}/{self.builder_config.name} from {manual_dir} …', flush=True)
+    super().download_and_prepare(download_dir=download_dir, download_config=download_config,
+                                 **kwargs)
+
+  def _log_download_bytes(self) -> None:
+    # tfds's 'Downloading and preparing dataset Unknown size …': nothing is downloaded here, and
+    # download_and_prepare above says what is being built from where.
+    pass
+
+  def _log_download_done(self) -> None:
+    # Replaced by the summary line of _post_download_and_prepare_hook, which says more.
+    pass
 
   def _post_download_and_prepare_hook(self) -> None:
-    # Printed, like tfds's own 'Dataset … downloaded and prepared' line just before it.
-    summary = self.build_summary()
-    if summary is not None:
-      print(summary, flush=True)
+    self._say_last(self.build_summary())
+
+  def _say_last(self, line: str) -> None:
+    if _TFDS_CLI_MODULE in sys.modules:
+      # `tfds build` ends by printing repr(builder.info), some 130 lines; after a build (or a
+      # build found done) by this process that repr is this line, so it is printed last.
+      self.info.__class__ = _BuiltDatasetInfo
+      self.info.build_summary = line
+    else:
+      print(line, flush=True)
+
+  def _manual_dir(self, dl_manager: tfds.download.DownloadManager) -> pathlib.Path:
+    return pathlib.Path(dl_manager.manual_dir)
 
   def _generate_examples(self, records):
     for record in records:
       yield record.key, record.example()
 
-  def _manual_dir(self, dl_manager: tfds.download.DownloadManager) -> pathlib.Path:
-    # tfds's own message for a missing manual dir points at <data_dir>/downloads/manual,
-    # which confuses users; say what to pass instead.
-    try:
-      return pathlib.Path(dl_manager.manual_dir)
-    except AssertionError as error:
-      raise MissingSourceError(
-          f'{error}\nPass {self.MANUAL_DIR_CONTENTS} as --manual_dir DIR (command line) '
-          'or download_config=tfds.download.DownloadConfig(manual_dir=DIR) (Python).') from None
+
+quiet_build_command_line()

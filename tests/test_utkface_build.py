@@ -109,7 +109,8 @@ def test_real_build_skips_the_three_malformed_names_and_says_so(real_build):
   assert [row['where'] for row in metadata['dropped_rows']
           if row['reason'] == 'malformed_line'] == list(MALFORMED_NAMES)
   assert real_build.build_summary() == (
-      f'tfds_utkface/gray75: 15,247 examples; skipped 3 files with malformed names '
+      f'tfds_utkface/gray75: 15,247 examples (train 12,104, validation 1,597, test 1,546) in '
+      f'{real_build.data_path}; skipped 3 files with malformed names '
       f'({", ".join(MALFORMED_NAMES)}) and dropped 154 exact duplicate images; all are counted '
       f'and listed in {real_build.data_path / "metadata.json"} (dropped_rows)')
 
@@ -275,17 +276,22 @@ def test_malformed_names_are_skipped_counted_and_reported_by_default(faces_dir, 
   assert metadata['dropped_rows'][0]['detail'].startswith(
       "malformed file name (gender 'm' is not 0 (male) or 1 (female))")
   assert builder.info.splits.total_num_examples == 30
-  # One line at the end of the build, after tfds's own 'Dataset … prepared' line.
+  # One line at the end of the build (tfds's own 'Dataset … prepared' line is replaced by it).
   lines = capsys.readouterr().out.strip().splitlines()
-  assert lines[-2].startswith('Dataset tfds_utkface downloaded and prepared')
+  assert not any(line.startswith('Dataset tfds_utkface downloaded') for line in lines)
+  splits = ', '.join(f'{name} {split.num_examples}'
+                     for name, split in builder.info.splits.items())
   assert lines[-1] == builder.build_summary() == (
-      f'tfds_utkface/gray75: 30 examples; skipped 2 files with malformed names '
-      f'({", ".join(sorted(BAD_NAMES))}); all are counted and listed in '
+      f'tfds_utkface/gray75: 30 examples ({splits}) in {builder.data_path}; skipped 2 files '
+      f'with malformed names ({", ".join(sorted(BAD_NAMES))}); all are counted and listed in '
       f'{builder.data_path / "metadata.json"} (dropped_rows)')
-  # Nothing dropped, nothing said.
+  # Nothing dropped: the count and the place, nothing more.
   capsys.readouterr()
-  assert build(faces_dir, tmp_path / 'clean').build_summary() is None
-  assert 'examples;' not in capsys.readouterr().out
+  clean = build(faces_dir, tmp_path / 'clean')
+  assert capsys.readouterr().out.strip().splitlines()[-1] == clean.build_summary() == (
+      f'tfds_utkface/gray75: 30 examples ('
+      + ', '.join(f'{name} {split.num_examples}' for name, split in clean.info.splits.items())
+      + f') in {clean.data_path}')
 
 
 def test_skip_bad_records_false_stops_at_malformed_names(faces_dir, tmp_path):
@@ -316,7 +322,9 @@ def test_unreadable_image_stops_by_default_and_skip_bad_records_true_skips_it(
   assert {row['where'] for row in metadata['dropped_rows']} == {*BAD_NAMES, unreadable}
   assert builder.info.splits.total_num_examples == 29
   assert builder.build_summary().startswith(
-      f'tfds_utkface/gray75: 29 examples; skipped 2 files with malformed names '
+      f'tfds_utkface/gray75: 29 examples (')
+  assert builder.build_summary().split('; ', 1)[1].startswith(
+      f'skipped 2 files with malformed names '
       f'({", ".join(sorted(BAD_NAMES))}), 1 unreadable image ({unreadable}); all are counted')
 
 
@@ -382,16 +390,38 @@ def test_readme_command_skips_malformed_names_and_says_so_in_one_line(faces_dir,
                        '--data_dir', os.fspath(tmp_path / 'tfds'))
   assert result.returncode == 0, result.stderr[-2000:]
   data_path = tmp_path / 'tfds' / 'tfds_utkface' / 'gray75' / '1.0.0'
-  summary = (f'tfds_utkface/gray75: 30 examples; skipped 1 file with a malformed name '
-             f'({MALFORMED_NAMES[0]}); all are counted and listed in {data_path / "metadata.json"} '
-             '(dropped_rows)')
-  lines = result.stdout.splitlines()
-  assert summary in lines, result.stdout[-3000:]
-  assert lines[lines.index(summary) - 1].startswith('Dataset tfds_utkface downloaded and prepared')
+  summary_start = 'tfds_utkface/gray75: 30 examples (train '
+  summary_end = (f') in {data_path}; skipped 1 file with a malformed name ({MALFORMED_NAMES[0]}); '
+                 f'all are counted and listed in {data_path / "metadata.json"} (dropped_rows)')
+  # Quiet: the start, the summary line last; no DatasetInfo dump, no 'Downloading … Unknown
+  # size' (nothing is downloaded), no INFO lines, no progress-bar escapes in a captured log.
+  lines = [line for line in result.stdout.splitlines() if line.strip()]
+  assert lines[-1].startswith(summary_start) and lines[-1].endswith(summary_end), result.stdout
+  assert lines[-2] == f'Building tfds_utkface/gray75 from {manual} …'
+  output = result.stdout + result.stderr
+  for noise in ('DatasetInfo', 'Unknown size', 'INFO[writer.py]', 'Variant folder', '\x1b'):
+    assert noise not in output, noise
   metadata = json.loads((data_path / 'metadata.json').read_text())
   assert metadata['dropped_rows_by_reason']['malformed_line'] == 1
   assert metadata['dropped_rows'][0]['where'] == MALFORMED_NAMES[0]
   assert metadata['examples'] == 30
+
+
+def test_tfds_build_without_its_files_says_so_in_one_line_and_leaves_nothing(tmp_path):
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  for manual_args, problem in (([], 'no --manual_dir was given'),
+                               (['--manual_dir', os.fspath(empty)], f'{empty} is empty')):
+    result = _tfds_build('tfds_utkface', '--config', 'rgb75', *manual_args,
+                         '--data_dir', os.fspath(tmp_path / 'tfds'))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f'error: tfds_utkface is built from files you download yourself and {problem}: pass the '
+        'folder with UTKFace.tar.gz (or its extracted UTKFace/ folder) as --manual_dir DIR '
+        '(Python: download_config=tfds.download.DownloadConfig(manual_dir=DIR)); where to get '
+        'them: README.md, section Data.')
+    assert 'Traceback' not in result.stderr
+    assert not (tmp_path / 'tfds').exists()
 
 
 @pytest.mark.slow
