@@ -1,5 +1,5 @@
-"""The persistent XLA compilation cache (a resumed run, each cross-validation fold after the first,
-and repeated evaluate/predict calls load compiled steps instead of compiling them again), and a
+"""The persistent XLA compilation cache (a resumed run, a run on data of the same sizes and
+repeated evaluate/predict calls load compiled steps instead of compiling them again), and a
 clock of the seconds this process spends compiling."""
 
 import os
