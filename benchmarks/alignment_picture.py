@@ -14,7 +14,7 @@ from PIL import Image
 
 from facialnet_jax import alignment
 from facialnet_jax import face_detection
-from facialnet_jax import predict
+from facialnet_jax import face_prediction
 
 TILE = 128
 PAIRS = 5
@@ -43,10 +43,10 @@ def main():
   training = sorted((data / 'utkface').glob('*.jpg'))[7::997][:PAIRS]
   truth = json.loads((data / 'fairface-dev' / 'ground_truth.json').read_text())
   photos = [data / 'fairface-dev' / row['filename'] for row in truth[3::37]][:PAIRS]
-  top = [_tile(predict.read_photo(str(path))) for path in training]
+  top = [_tile(face_prediction.read_photo(str(path))) for path in training]
   bottom = []
   for path in photos:
-    rgb = predict.read_photo(str(path))
+    rgb = face_prediction.read_photo(str(path))
     face = face_detection.detect_faces(rgb)[0]
     bottom.append(_tile(alignment.align_face(rgb, face.landmark_array())))
   picture = np.vstack([_label(np.hstack(top), 'UTKFace training crops (aligned & cropped)'),

@@ -31,8 +31,8 @@ from absl import flags
 from facialnet_jax import age_groups
 from facialnet_jax import exported_model
 from facialnet_jax import face_detection
+from facialnet_jax import face_prediction
 from facialnet_jax import groups
-from facialnet_jax import predict
 from facialnet_jax import restore
 
 flags.DEFINE_string('ground_truth', None, 'ground_truth.json of the photos (beside them).')
@@ -45,12 +45,12 @@ flags.DEFINE_bool('flip', None, 'Flip test-time augmentation; default: the model
                   'config.flip_test.')
 flags.DEFINE_integer('min_face_size', face_detection.DEFAULT_MIN_FACE_SIZE, 'As predict.')
 flags.DEFINE_float('min_confidence', face_detection.DEFAULT_MIN_CONFIDENCE, 'As predict.')
-flags.DEFINE_integer('batch_size', predict.DEFAULT_BATCH_SIZE, 'As predict.')
+flags.DEFINE_integer('batch_size', face_prediction.DEFAULT_BATCH_SIZE, 'As predict.')
 flags.DEFINE_list('backend', ['jax'], 'As predict (jax, onnx); several, e.g. jax,onnx, score and '
                   'time each in turn in this one process (the output then has one entry each '
                   'under "backends").')
-flags.register_validator('backend', lambda names: set(names) <= set(predict.BACKENDS),
-                         message=f'--backend takes names from {", ".join(predict.BACKENDS)}')
+flags.register_validator('backend', lambda names: set(names) <= set(face_prediction.BACKENDS),
+                         message=f'--backend takes names from {", ".join(face_prediction.BACKENDS)}')
 flags.DEFINE_string('output', None, 'Write the scores to this JSON file.')
 flags.DEFINE_string('picture', None, 'Draw gender accuracy and age agreement by decade into '
                     'this PNG.')
@@ -108,7 +108,7 @@ def score(truth: list[dict], photos: dict[str, dict]) -> dict:
 
 
 def run_prediction(paths: list[str], workdir: str | None = None, checkpoint: str = 'best',
-                   flip: bool | None = None, batch_size: int = predict.DEFAULT_BATCH_SIZE,
+                   flip: bool | None = None, batch_size: int = face_prediction.DEFAULT_BATCH_SIZE,
                    min_face_size: int = face_detection.DEFAULT_MIN_FACE_SIZE,
                    min_confidence: float = face_detection.DEFAULT_MIN_CONFIDENCE,
                    backend: str = 'jax') -> tuple[dict[str, dict], dict]:
@@ -117,13 +117,13 @@ def run_prediction(paths: list[str], workdir: str | None = None, checkpoint: str
   start = time.perf_counter()
   run = exported_model.load_run(workdir, checkpoint)
   flip = bool(run.config.get('flip_test', False)) if flip is None else flip
-  predictor = predict.backend_predictor(backend, run, batch_size, flip)
+  predictor = face_prediction.backend_predictor(backend, run, batch_size, flip)
   predictor(np.zeros((1, run.stored_image_size, run.stored_image_size, run.channels), np.uint8))
-  options = predict.Options(min_face_size=min_face_size, min_confidence=min_confidence)
+  options = face_prediction.Options(min_face_size=min_face_size, min_confidence=min_confidence)
   # The detector's first call sets OpenCV's networks up: part of start-up too.
   face_detection.detect_faces(np.zeros((64, 64, 3), np.uint8))
   started = time.perf_counter()
-  results = list(predict.predict_photos(paths, run, predictor, options, batch_size=batch_size))
+  results = list(face_prediction.predict_photos(paths, run, predictor, options, batch_size=batch_size))
   seconds = time.perf_counter() - started
   timing = {'model': run.describe(), 'step': run.step, 'flip': flip, 'backend': backend,
             'min_face_size': min_face_size, 'min_confidence': min_confidence,

@@ -176,7 +176,7 @@ def to_onnx(run: restore.RestoredRun, flip: bool | None = None):
 def make_predictor(model_bytes: bytes, batch_size: int,
                    threads: int = 0) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
   """predict(images uint8 (N, S, S, C)) → {'gender', 'age'} probabilities with onnxruntime, in
-  batches of at most `batch_size` (predict.make_predictor's contract)."""
+  batches of at most `batch_size` (face_prediction.make_predictor's contract)."""
   try:
     import onnxruntime  # pylint: disable=import-outside-toplevel
   except ImportError as e:

@@ -8,7 +8,8 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
-from facialnet_jax import predict
+from facialnet_jax import face_prediction
+from facialnet_jax import prediction_outputs
 from facialnet_jax.errors import UserError
 
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg', '.mpeg', '.wmv')
@@ -78,7 +79,7 @@ class FrameResult:
   """One analysed frame: its index, time in the video and faces with their predictions."""
   index: int
   time_s: float
-  result: predict.PhotoResult
+  result: face_prediction.PhotoResult
 
   def to_json(self) -> dict:
     return {'frame': self.index, 'time_s': round(self.time_s, 3),
@@ -86,24 +87,24 @@ class FrameResult:
 
 
 def predict_video(capture: cv2.VideoCapture, info: VideoInfo, run, predictor: Callable,
-                  options: predict.Options, step: int, keep_pixels: bool = False,
-                  batch_size: int = predict.DEFAULT_BATCH_SIZE,
+                  options: face_prediction.Options, step: int, keep_pixels: bool = False,
+                  batch_size: int = face_prediction.DEFAULT_BATCH_SIZE,
                   max_frames: int = 0) -> Iterator[FrameResult]:
   """Each analysed frame in order; faces go through the network a batch at a time, and a
   progress line with the time left is logged every few seconds."""
-  progress = predict.Progress(info.frames or max_frames, 'frames') if (
+  progress = face_prediction.Progress(info.frames or max_frames, 'frames') if (
       info.frames or max_frames) else None
   pending: list[FrameResult] = []
   last_index = -1
 
   def flush() -> list[FrameResult]:
-    predict.classify([frame.result for frame in pending], predictor)
+    face_prediction.classify([frame.result for frame in pending], predictor)
     done = list(pending)
     pending.clear()
     return done
 
   for index, rgb in sampled_frames(capture, step, max_frames):
-    frame = FrameResult(index, index / info.fps, predict.faces_in(
+    frame = FrameResult(index, index / info.fps, face_prediction.faces_in(
         rgb, f'{info.source}@{index}', run.stored_image_size, run.channels, options,
         keep_pixels))
     pending.append(frame)
@@ -126,7 +127,7 @@ class AnnotatedVideo:
       raise UserError(f'Cannot write the annotated video {path}; check --annotate_dir.')
 
   def write(self, frame: FrameResult) -> None:
-    self._writer.write(predict.annotated_bgr(frame.result))
+    self._writer.write(prediction_outputs.annotated_bgr(frame.result))
 
   def close(self) -> None:
     self._writer.release()
@@ -137,7 +138,7 @@ def annotated_video_path(annotate_dir: str, source: str) -> str:
   return os.path.join(annotate_dir, f'{stem}_faces.mp4')
 
 
-def predict_videos(sources: list[str], run, predictor: Callable, options: predict.Options,
+def predict_videos(sources: list[str], run, predictor: Callable, options: face_prediction.Options,
                    every: int, every_seconds: float, max_frames: int, annotate_dir: str | None,
                    batch_size: int, csv_writer=None) -> list[dict]:
   """predict's command line for videos: prints one line per face per analysed frame, writes
@@ -167,7 +168,7 @@ def predict_videos(sources: list[str], run, predictor: Callable, options: predic
         frames.append(frame.to_json())
         if csv_writer and frame.result.predictions:
           csv_writer.writerows(row | {'frame': frame.index, 'time_s': f'{frame.time_s:.3f}'}
-                               for row in predict.csv_rows(frame.result))
+                               for row in prediction_outputs.csv_rows(frame.result))
       read = int(capture.get(cv2.CAP_PROP_POS_FRAMES))
     finally:
       capture.release()

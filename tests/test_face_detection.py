@@ -12,7 +12,7 @@ import pytest
 
 from facialnet_jax import alignment
 from facialnet_jax import face_detection
-from facialnet_jax import predict
+from facialnet_jax import face_prediction
 
 SAMPLE_DATA = pathlib.Path(matplotlib.get_data_path()) / 'sample_data'
 NO_FACE = SAMPLE_DATA / 'logo2.png'
@@ -22,7 +22,7 @@ def test_finds_the_face_and_five_landmarks_inside_its_box_in_fairface_photos(sha
   folder = shared_data / 'fairface-dev'
   rows = json.loads((folder / 'ground_truth.json').read_text())[::30]
   for row in rows:
-    rgb = predict.read_photo(str(folder / row['filename']))
+    rgb = face_prediction.read_photo(str(folder / row['filename']))
     faces = face_detection.detect_faces(rgb)
     assert faces, row['filename']
     face = faces[0]  # the largest: FairFace photos are framed around their subject's face
@@ -80,7 +80,7 @@ def test_aligning_a_training_crop_by_its_own_landmarks_changes_little(shared_dat
   such a crop leaves it much as it was."""
   differences = []
   for path in sorted((shared_data / 'utkface').glob('*.jpg'))[3::1500][:8]:
-    rgb = predict.read_photo(str(path))
+    rgb = face_prediction.read_photo(str(path))
     faces = face_detection.detect_faces(rgb)
     if faces:
       corners = alignment.crop_corners(faces[0].landmark_array())
@@ -99,7 +99,7 @@ def test_aligned_crops_reaching_outside_the_photo_are_black():
 
 
 def test_a_photo_without_a_face_has_none():
-  assert face_detection.detect_faces(predict.read_photo(str(NO_FACE))) == []
+  assert face_detection.detect_faces(face_prediction.read_photo(str(NO_FACE))) == []
   smooth = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 255, (300, 400, 3), np.uint8),
                             (31, 31), 0)
   assert face_detection.detect_faces(smooth) == []
@@ -108,7 +108,7 @@ def test_a_photo_without_a_face_has_none():
 
 
 def test_thresholds_drop_small_and_unsure_faces(shared_data):
-  rgb = predict.read_photo(str(shared_data / 'fairface-dev' / 'fairface_0020.jpg'))
+  rgb = face_prediction.read_photo(str(shared_data / 'fairface-dev' / 'fairface_0020.jpg'))
   faces = face_detection.detect_faces(rgb)
   assert len(faces) == 2  # the subject and a second man beside him, both whole
   assert faces[0].width * faces[0].height >= faces[1].width * faces[1].height

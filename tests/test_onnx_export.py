@@ -12,9 +12,9 @@ import pytest
 
 from facialnet_jax import conv
 from facialnet_jax import exported_model
+from facialnet_jax import face_prediction
 from facialnet_jax import models
 from facialnet_jax import onnx_export
-from facialnet_jax import predict
 from facialnet_jax import restore
 from facialnet_jax import train
 from facialnet_jax.errors import UserError
@@ -31,7 +31,7 @@ def _faces(run, count=13, seed=0):
 
 
 def _assert_same_probabilities(run, flip, images, tolerance=TOLERANCE, varied=True):
-  expected = predict.make_predictor(run, batch_size=8, flip=flip)(images)
+  expected = face_prediction.make_predictor(run, batch_size=8, flip=flip)(images)
   exported = onnx_export.to_onnx(run, flip).SerializeToString()
   got = onnx_export.make_predictor(exported, batch_size=8)(images)
   for head in ('gender', 'age'):
@@ -130,7 +130,7 @@ def test_export_command_writes_a_file_onnxruntime_runs(tmp_path):
   run = exported_model.load_run(None)
   images = _faces(run, count=3)
   got = onnx_export.make_predictor(output.read_bytes(), batch_size=2)(images)
-  expected = predict.make_predictor(run, batch_size=2, flip=True)(images)
+  expected = face_prediction.make_predictor(run, batch_size=2, flip=True)(images)
   np.testing.assert_allclose(got['age'], expected['age'], atol=TOLERANCE)
 
   missing = subprocess.run([sys.executable, '-m', 'facialnet_jax.export', '--output',
@@ -145,9 +145,9 @@ def test_predict_on_photos_agrees_between_backends(shared_data):
   photos = sorted(str(p) for p in (shared_data / 'fairface-dev').glob('*.jpg'))[:6]
   run = exported_model.load_run(None)
   results = {}
-  for backend in predict.BACKENDS:
-    predictor = predict.backend_predictor(backend, run, 8, True)
-    results[backend] = list(predict.predict_photos(photos, run, predictor, predict.Options()))
+  for backend in face_prediction.BACKENDS:
+    predictor = face_prediction.backend_predictor(backend, run, 8, True)
+    results[backend] = list(face_prediction.predict_photos(photos, run, predictor, face_prediction.Options()))
   faces = 0
   for jax_result, onnx_result in zip(results['jax'], results['onnx']):
     for a, b in zip(jax_result.predictions, onnx_result.predictions, strict=True):

@@ -18,6 +18,7 @@ import pytest
 from benchmarks import score_photos
 from facialnet_jax import alignment
 from facialnet_jax import face_detection
+from facialnet_jax import face_prediction
 from facialnet_jax import predict
 from facialnet_jax import preprocessing
 from facialnet_jax import restore
@@ -50,7 +51,7 @@ def test_finds_the_face_in_real_face_images(shared_data):
       shared_data / 'adience-mini' / 'faces', '*/*.jpg', 20)
   found = 0
   for photo in photos:
-    rgb = predict.read_photo(str(photo))
+    rgb = face_prediction.read_photo(str(photo))
     # adience-mini's crops are 48 px: their faces are below the 40 px default.
     faces = face_detection.detect_faces(rgb, min_face_size=16)
     if faces:
@@ -61,7 +62,7 @@ def test_finds_the_face_in_real_face_images(shared_data):
 
 
 def test_a_face_in_a_larger_photo_is_found_where_it_is(shared_data):
-  face = predict.read_photo(str(_sample(shared_data / 'utkface', '*.jpg', 5)[2]))
+  face = face_prediction.read_photo(str(_sample(shared_data / 'utkface', '*.jpg', 5)[2]))
   photo = np.full((600, 900, 3), 140, np.uint8)
   photo[250:450, 500:700] = face  # a 200×200 face crop at x 500..700, y 250..450
   faces = face_detection.detect_faces(photo)
@@ -72,12 +73,12 @@ def test_a_face_in_a_larger_photo_is_found_where_it_is(shared_data):
 
 
 def test_portrait_photo_has_one_face_and_a_logo_none():
-  portrait = predict.read_photo(str(PORTRAIT))
+  portrait = face_prediction.read_photo(str(PORTRAIT))
   faces = face_detection.detect_faces(portrait)
   assert len(faces) == 1
   face = faces[0]
   assert 140 < face.x < 200 and 80 < face.y < 140 and 150 < face.width < 220
-  assert face_detection.detect_faces(predict.read_photo(str(NO_FACE))) == []
+  assert face_detection.detect_faces(face_prediction.read_photo(str(NO_FACE))) == []
 
 
 def test_prediction_input_is_the_builders_preprocessing(workdir, shared_data, monkeypatch):
@@ -88,16 +89,16 @@ def test_prediction_input_is_the_builders_preprocessing(workdir, shared_data, mo
   seen, original = [], preprocessing.preprocess_face
   monkeypatch.setattr(preprocessing, 'preprocess_face',
                       lambda *a, **k: seen.append(original(*a, **k)) or seen[-1])
-  whole = predict.find_faces(str(photo), run.stored_image_size, run.channels,
-                             predict.Options(whole_image=True))
+  whole = face_prediction.find_faces(str(photo), run.stored_image_size, run.channels,
+                             face_prediction.Options(whole_image=True))
   assert len(whole.faces) == 1 and len(seen) == 1
   assert whole.faces[0].confidence is None
   stored = original(photo.read_bytes(), run.stored_image_size, run.channels)
   assert seen[0].shape == stored.shape == (75, 75, 1)
   # Bytes are decoded at reduced scale by libjpeg, arrays resized from full scale: near-equal.
   assert np.abs(seen[0].astype(int) - stored.astype(int)).mean() < 2.0
-  detected = predict.find_faces(str(PORTRAIT), run.stored_image_size, run.channels,
-                                predict.Options())
+  detected = face_prediction.find_faces(str(PORTRAIT), run.stored_image_size, run.channels,
+                                face_prediction.Options())
   assert len(detected.faces) == 1 and len(seen) == 2
   assert (detected.inputs[0] == seen[1]).all()
 
@@ -105,13 +106,13 @@ def test_prediction_input_is_the_builders_preprocessing(workdir, shared_data, mo
 def test_batches_of_one_compiled_size_give_each_face_its_own_answer(workdir):
   run = restore.restore_run(workdir)
   images = np.random.default_rng(0).integers(0, 255, (11, 75, 75, 1), np.uint8)
-  batched = predict.make_predictor(run, batch_size=4)(images)
-  single = predict.make_predictor(run, batch_size=1)
+  batched = face_prediction.make_predictor(run, batch_size=4)(images)
+  single = face_prediction.make_predictor(run, batch_size=1)
   assert batched['gender'].shape == (11, 2) and batched['age'].shape == (11, 8)
   for i in (0, 5, 10):
     np.testing.assert_allclose(single(images[i:i + 1])['age'][0], batched['age'][i], atol=1e-5)
-  flipped = predict.make_predictor(run, batch_size=4, flip=True)(images[:, :, ::-1])
-  unflipped = predict.make_predictor(run, batch_size=4, flip=True)(images)
+  flipped = face_prediction.make_predictor(run, batch_size=4, flip=True)(images[:, :, ::-1])
+  unflipped = face_prediction.make_predictor(run, batch_size=4, flip=True)(images)
   np.testing.assert_allclose(flipped['gender'], unflipped['gender'], atol=1e-5)
 
 
@@ -175,7 +176,7 @@ def test_command_line(workdir, tmp_path):
       pytest.approx(1, abs=1e-3)
   assert rows[1]['error'] == 'no face found' and rows[2]['error'].startswith('cannot read it')
   annotated = cv2.imread(str(tmp_path / 'annotated' / '000_grace_hopper_faces.jpg'))
-  assert annotated.shape == predict.read_photo(str(PORTRAIT)).shape
+  assert annotated.shape == face_prediction.read_photo(str(PORTRAIT)).shape
   assert lines[-1] == (
       '5 photos: 2 with faces (2 faces in all), 1 without a face, 2 failed (see their lines '
       f'above). Outputs: annotated copies in {tmp_path / "annotated"}, JSON in '

@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks import score_photos
 from facialnet_jax import exported_model
-from facialnet_jax import predict
+from facialnet_jax import face_prediction
 from facialnet_jax import restore
 from facialnet_jax import train
 from facialnet_jax.errors import UserError
@@ -38,8 +38,8 @@ def test_an_exported_model_predicts_as_its_checkpoint(ema_workdir, tmp_path):
   loaded = exported_model.load_run(str(tmp_path / 'model'))
   assert loaded.step == run.step and loaded.channels == run.channels
   faces = np.random.default_rng(0).integers(0, 256, (5, 75, 75, 1), np.uint8)
-  expected = predict.make_predictor(run)(faces)
-  got = predict.make_predictor(loaded)(faces)
+  expected = face_prediction.make_predictor(run)(faces)
+  got = face_prediction.make_predictor(loaded)(faces)
   for head in ('gender', 'age'):
     np.testing.assert_allclose(got[head], expected[head], rtol=1e-6, atol=1e-7)
   # The weights saved are the moving average that evaluation uses, not the trained ones.

@@ -289,7 +289,7 @@ def test_malformed_names_are_skipped_counted_and_reported_by_default(faces_dir, 
   capsys.readouterr()
   clean = build(faces_dir, tmp_path / 'clean')
   assert capsys.readouterr().out.strip().splitlines()[-1] == clean.build_summary() == (
-      f'tfds_utkface/gray75: 30 examples ('
+      'tfds_utkface/gray75: 30 examples ('
       + ', '.join(f'{name} {split.num_examples}' for name, split in clean.info.splits.items())
       + f') in {clean.data_path}')
 
@@ -322,7 +322,7 @@ def test_unreadable_image_stops_by_default_and_skip_bad_records_true_skips_it(
   assert {row['where'] for row in metadata['dropped_rows']} == {*BAD_NAMES, unreadable}
   assert builder.info.splits.total_num_examples == 29
   assert builder.build_summary().startswith(
-      f'tfds_utkface/gray75: 29 examples (')
+      'tfds_utkface/gray75: 29 examples (')
   assert builder.build_summary().split('; ', 1)[1].startswith(
       f'skipped 2 files with malformed names '
       f'({", ".join(sorted(BAD_NAMES))}), 1 unreadable image ({unreadable}); all are counted')

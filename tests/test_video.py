@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from facialnet_jax import exported_model
-from facialnet_jax import predict
+from facialnet_jax import face_prediction
 from facialnet_jax import video
 from facialnet_jax.errors import UserError
 from tests.conftest import SHARED_DATA
@@ -21,7 +21,7 @@ FPS = 10
 def _write_video(path, photos, seconds: float) -> None:
   """A face photo per second sliding across a gray 320×240 frame."""
   writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), FPS, (320, 240))
-  faces = [cv2.resize(cv2.cvtColor(predict.read_photo(str(p)), cv2.COLOR_RGB2BGR), (200, 200))
+  faces = [cv2.resize(cv2.cvtColor(face_prediction.read_photo(str(p)), cv2.COLOR_RGB2BGR), (200, 200))
            for p in photos]
   for i in range(int(seconds * FPS)):
     frame = np.full((240, 320, 3), 40, np.uint8)
@@ -45,8 +45,8 @@ def test_every_nth_frame_is_analysed_with_its_time(clip):
   run = exported_model.load_run(None)
   capture, info = video.open_video(str(clip))
   assert (info.frames, info.fps, info.width) == (3 * FPS, FPS, 320)
-  frames = list(video.predict_video(capture, info, run, predict.make_predictor(run),
-                                    predict.Options(), video.frame_step(info, 4, 0)))
+  frames = list(video.predict_video(capture, info, run, face_prediction.make_predictor(run),
+                                    face_prediction.Options(), video.frame_step(info, 4, 0)))
   assert [f.index for f in frames] == list(range(0, 30, 4))
   assert [f.time_s for f in frames] == pytest.approx([i / FPS for i in range(0, 30, 4)])
   assert all(f.result.predictions for f in frames)  # a face in every frame
