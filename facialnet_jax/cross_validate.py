@@ -32,6 +32,8 @@ from ml_collections import config_flags
 
 from facialnet_jax import cli
 from facialnet_jax import config_checks
+from facialnet_jax import confusion
+from facialnet_jax import curves
 from facialnet_jax import evaluate
 from facialnet_jax import folds
 from facialnet_jax import groups
@@ -205,25 +207,25 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, fold_metrics: 
   """report.md, cross_validation.json, training curves and summed confusion matrices."""
   folds = [_fold_result(fold, metrics) for fold, metrics in sorted(fold_metrics.items())]
   pictures = []
-  curves = []
+  runs = []
   for fold, metrics in sorted(fold_metrics.items()):
     steps_per_epoch = metrics['checkpoint'].get('steps_per_epoch') or 1
-    curves.append(report.Curves(f'fold {fold}', report.read_scalars(fold_dir(workdir, fold)),
-                                steps_per_epoch))
-  report.plot_training_curves(curves, 'Training curves per run (named by test fold)',
+    runs.append(curves.Curves(f'fold {fold}', curves.read_scalars(fold_dir(workdir, fold)),
+                              steps_per_epoch))
+  curves.plot_training_curves(runs, 'Training curves per run (named by test fold)',
                               os.path.join(workdir, CURVES_FILE))
   pictures.append(('Training curves (train dashed, validation solid)', CURVES_FILE))
   for head in ('age', 'gender'):
     matrix = sum(np.array(m['confusion_matrices'][head]['rows_true_columns_predicted'])
                  for m in fold_metrics.values())
     base = f'confusion_{head}'
-    report.write_confusion_csv(matrix, age_groups.CLASS_NAMES[head],
-                               os.path.join(workdir, base + '.csv'))
-    report.plot_confusion_matrix(
+    confusion.write_confusion_csv(matrix, age_groups.CLASS_NAMES[head],
+                                  os.path.join(workdir, base + '.csv'))
+    confusion.plot_confusion_matrix(
         matrix, age_groups.CLASS_NAMES[head],
-        f'{report.HEAD_TITLES[head]}: test folds {", ".join(map(str, sorted(fold_metrics)))} '
+        f'{confusion.HEAD_TITLES[head]}: test folds {", ".join(map(str, sorted(fold_metrics)))} '
         f'summed\n{int(matrix.sum())} labelled test images', os.path.join(workdir, base + '.png'))
-    pictures.append((f'{report.HEAD_TITLES[head]} confusion matrix, test folds summed',
+    pictures.append((f'{confusion.HEAD_TITLES[head]} confusion matrix, test folds summed',
                      base + '.png'))
   group_lines = _group_section(workdir, fold_metrics)
   if group_lines:

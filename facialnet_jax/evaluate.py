@@ -31,6 +31,7 @@ from absl import logging
 from facialnet_jax import age_groups
 from facialnet_jax import cli
 from facialnet_jax import compilation_cache
+from facialnet_jax import confusion
 from facialnet_jax import device_data
 from facialnet_jax import exported_model
 from facialnet_jax import groups
@@ -77,7 +78,7 @@ class Evaluation:
   plain_metrics: dict[str, float | None] | None = None
 
   def to_json(self) -> dict:
-    per_class = {head: report.per_class_precision_recall(matrix, age_groups.CLASS_NAMES[head])
+    per_class = {head: confusion.per_class_precision_recall(matrix, age_groups.CLASS_NAMES[head])
                  for head, matrix in self.confusion.items()}
     return {
         'checkpoint': {'workdir': self.run.workdir, 'checkpoint': self.run.checkpoint,
@@ -185,12 +186,12 @@ def evaluate(run: restore.RestoredRun, data: EvaluationData,
                          for name, value in metrics.items()}, probabilities)
   metrics, probabilities = results[flip]
   probabilities = {head: np.asarray(jax.device_get(p)) for head, p in probabilities.items()}
-  confusion = {
-      head: report.confusion_matrix(getattr(split, age_groups.LABEL_KEYS[head]),
-                                    probabilities[head].argmax(axis=-1),
-                                    len(age_groups.CLASS_NAMES[head]))
+  matrices = {
+      head: confusion.confusion_matrix(getattr(split, age_groups.LABEL_KEYS[head]),
+                                       probabilities[head].argmax(axis=-1),
+                                       len(age_groups.CLASS_NAMES[head]))
       for head in ('gender', 'age')}
-  return Evaluation(run, data, metrics, confusion, probabilities, flip,
+  return Evaluation(run, data, metrics, matrices, probabilities, flip,
                     results[False][0] if flip else None)
 
 
@@ -245,11 +246,12 @@ def write_evaluation(evaluation: Evaluation, output_dir: str) -> list[str]:
   for head, matrix in evaluation.confusion.items():
     classes = age_groups.CLASS_NAMES[head]
     base = os.path.join(output_dir, f'confusion_{head}')
-    report.write_confusion_csv(matrix, classes, base + '.csv')
-    title = (f'{report.HEAD_TITLES[head]}: {evaluation.data.dataset} {evaluation.data.split_name}'
+    confusion.write_confusion_csv(matrix, classes, base + '.csv')
+    title = (f'{confusion.HEAD_TITLES[head]}: {evaluation.data.dataset} '
+             f'{evaluation.data.split_name}'
              f'\nstep {evaluation.run.step}, {int(matrix.sum())} labelled images'
              f'{", with flip" if evaluation.flip else ""}')
-    report.plot_confusion_matrix(matrix, classes, title, base + '.png')
+    confusion.plot_confusion_matrix(matrix, classes, title, base + '.png')
     written += [base + '.csv', base + '.png']
   table = evaluation.per_group()
   age_grouping = 'age_band' if 'age_band' in table else 'age_group'

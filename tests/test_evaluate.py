@@ -17,13 +17,13 @@ import tensorflow_datasets as tfds
 
 from facialnet_jax import age_groups
 from facialnet_jax import augment
+from facialnet_jax import confusion
 from facialnet_jax import demo_data
 from facialnet_jax import evaluate
 from facialnet_jax import input_pipeline
-from facialnet_jax import report
 from facialnet_jax import restore
-from facialnet_jax import train
 from facialnet_jax import run_files
+from facialnet_jax import train
 from facialnet_jax.errors import UserError
 from tests.conftest import REPO_ROOT, tiny_config
 from tfds_adience import tfds_adience_dataset_builder
@@ -140,7 +140,7 @@ def test_predictions_csv_names_the_classes_and_unknown_labels(test_evaluation, t
 
 def test_flip_confusion_matrices_say_so_in_their_titles(test_evaluation, tmp_path, monkeypatch):
   titles = []
-  monkeypatch.setattr(report, 'plot_confusion_matrix',
+  monkeypatch.setattr(confusion, 'plot_confusion_matrix',
                       lambda matrix, classes, title, path: titles.append(title))
   evaluate.write_evaluation(test_evaluation, tmp_path / 'plain')
   evaluate.write_evaluation(dataclasses.replace(test_evaluation, flip=True), tmp_path / 'flip')

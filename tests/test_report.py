@@ -5,27 +5,29 @@ import numpy as np
 import pytest
 
 from facialnet_jax import age_groups
+from facialnet_jax import confusion
+from facialnet_jax import curves
 from facialnet_jax import report
 
 
 def test_confusion_matrix_leaves_unknown_labels_out():
   labels = np.array([0, 1, 1, -1, 2, 2, 2])
   predicted = np.array([0, 1, 2, 0, 2, 2, 0])
-  matrix = report.confusion_matrix(labels, predicted, 3)
+  matrix = confusion.confusion_matrix(labels, predicted, 3)
   assert matrix.tolist() == [[1, 0, 0], [0, 1, 1], [1, 0, 2]]
-  rows = report.per_class_precision_recall(matrix, ('a', 'b', 'c'))
+  rows = confusion.per_class_precision_recall(matrix, ('a', 'b', 'c'))
   assert rows[0] == {'class': 'a', 'support': 1, 'predicted': 2, 'precision': 0.5, 'recall': 1.0}
   assert rows[2]['precision'] == pytest.approx(2 / 3) and rows[2]['recall'] == pytest.approx(2 / 3)
-  empty = report.per_class_precision_recall(np.zeros((2, 2), int), ('x', 'y'))
+  empty = confusion.per_class_precision_recall(np.zeros((2, 2), int), ('x', 'y'))
   assert empty[0]['precision'] is None and empty[0]['recall'] is None
 
 
 def test_confusion_csv_round_trip(tmp_path):
   matrix = np.arange(64).reshape(8, 8)
-  report.write_confusion_csv(matrix, age_groups.AGE_CLASS_NAMES, str(tmp_path / 'm.csv'))
+  confusion.write_confusion_csv(matrix, age_groups.AGE_CLASS_NAMES, str(tmp_path / 'm.csv'))
   assert (tmp_path / 'm.csv').read_text().splitlines()[0] == \
       'true \\ predicted,0-2,4-6,8-13,15-20,25-32,38-43,48-53,60-100'
-  np.testing.assert_array_equal(report.read_confusion_csv(str(tmp_path / 'm.csv')), matrix)
+  np.testing.assert_array_equal(confusion.read_confusion_csv(str(tmp_path / 'm.csv')), matrix)
 
 
 def _fold(fold, gender, age, one_off):
@@ -60,11 +62,11 @@ def test_markdown_table_five_layout_and_partial_protocol():
 
 def test_a_one_epoch_run_shows_its_points_on_an_axis_from_epoch_zero(tmp_path, monkeypatch):
   figures = []
-  monkeypatch.setattr(report.plt, 'close', figures.append)
-  curves = report.Curves('fold 0', {'train/loss': [(10, 1.2)],
-                                    'train/gender_accuracy': [(10, 0.8)],
-                                    'validation/gender_accuracy': [(10, 0.9)]}, steps_per_epoch=10)
-  report.plot_training_curves([curves], 'one epoch', str(tmp_path / 'curves.png'))
+  monkeypatch.setattr(curves.plt, 'close', figures.append)
+  run = curves.Curves('fold 0', {'train/loss': [(10, 1.2)],
+                                 'train/gender_accuracy': [(10, 0.8)],
+                                 'validation/gender_accuracy': [(10, 0.9)]}, steps_per_epoch=10)
+  curves.plot_training_curves([run], 'one epoch', str(tmp_path / 'curves.png'))
   assert (tmp_path / 'curves.png').stat().st_size > 0
   loss_panel, gender_panel = figures[0].axes[:2]
   for panel in (loss_panel, gender_panel):
