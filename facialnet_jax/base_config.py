@@ -29,9 +29,6 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.test_split = 'test'
   config.data.validation_fraction = 0.1
   config.data.pipeline = 'device'  # 'device' (whole split in device memory) or 'streaming'
-  # Unused: the streaming pipeline now reads by random access and shuffles each whole epoch.
-  # Kept so that the configs (and the resume checks) of runs made before still load.
-  config.data.shuffle_buffer = 20_000
   config.data.synthetic_train_examples = 1200
   config.data.synthetic_test_examples = 300
   config.data.synthetic_image_size = 75

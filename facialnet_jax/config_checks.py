@@ -37,13 +37,20 @@ def flatten(values: dict, prefix: str = '') -> dict:
   return flat
 
 
+# Keys the config no longer has, which the config.json and checkpoints of older runs still
+# carry; they changed nothing (data.shuffle_buffer: the streaming pipeline shuffles each whole
+# epoch by random access since it reads ArrayRecord), so comparisons pass over them.
+RETIRED_KEYS = ('data.shuffle_buffer',)
+
+
 def differences(saved: dict, wanted: dict, ignore: tuple[str, ...] = ()) -> list[str]:
   """The dotted keys whose values differ between two (nested) config dicts, a key present in
-  one only included, apart from the keys in `ignore`: what resume, evaluation, fine-tuning and
-  cross-validation compare before mixing two runs."""
+  one only included, apart from the keys in `ignore` and RETIRED_KEYS: what resume,
+  evaluation, fine-tuning and cross-validation compare before mixing two runs."""
   saved, wanted = flatten(saved), flatten(wanted)
+  ignored = set(ignore) | set(RETIRED_KEYS)
   return sorted(key for key in set(saved) | set(wanted)
-                if key not in ignore and saved.get(key) != wanted.get(key))
+                if key not in ignored and saved.get(key) != wanted.get(key))
 
 
 def _get(config, dotted: str):

@@ -112,6 +112,25 @@ def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, monkeypatch,
   assert results['test']['final'] == uninterrupted['test']['final']
 
 
+def test_a_run_that_recorded_the_retired_shuffle_buffer_resumes(tmp_path, monkeypatch, caplog):
+  # Runs started before data.shuffle_buffer left the config carry it in their checkpoints'
+  # run identity; resuming them must not call that "other data".
+  real_identity = train.run_identity
+
+  def identity_of_an_older_version(config):
+    identity = real_identity(config)
+    identity['data'] = {**identity['data'], 'shuffle_buffer': 20_000}
+    return identity
+
+  monkeypatch.setattr(train, 'run_identity', identity_of_an_older_version)
+  train.train_and_evaluate(tiny_config(num_epochs=1), tmp_path / 'run')
+  monkeypatch.setattr(train, 'run_identity', real_identity)
+  with caplog.at_level('INFO'):
+    train.train_and_evaluate(tiny_config(num_epochs=2), tmp_path / 'run')
+  assert any(record.getMessage().startswith('Resuming from the checkpoint at step')
+             for record in caplog.records)
+
+
 def test_one_and_eight_devices_train_to_the_same_parameters(tmp_path):
   flags = tiny_flags(**DEVICE_COMPARISON)
   for devices in (1, 8):
