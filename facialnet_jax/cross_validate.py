@@ -39,9 +39,9 @@ from facialnet_jax import folds
 from facialnet_jax import groups
 from facialnet_jax import report
 from facialnet_jax import restore
-from facialnet_jax import workdir_lock
+from facialnet_jax import run_directory
 from facialnet_jax.errors import UserError
-from facialnet_jax.run_files import CONFIG_FILE, RESULTS_FILE
+from facialnet_jax.run_directory import CONFIG_FILE, RESULTS_FILE
 
 REPORT_FILE = 'report.md'
 SUMMARY_FILE = 'cross_validation.json'
@@ -118,7 +118,7 @@ def run_fold(config: ml_collections.ConfigDict, workdir: str, fold: int,
   os.makedirs(directory, exist_ok=True)
   # One invocation per fold at a time, for its training and its evaluation (training takes the
   # same lock again, which nests). Invocations on other folds may share the workdir.
-  with workdir_lock.hold(directory):
+  with run_directory.hold(directory):
     check_same_config(this_config, directory)
     if not os.path.exists(os.path.join(directory, RESULTS_FILE)):
       from facialnet_jax import train  # pylint: disable=import-outside-toplevel
@@ -294,7 +294,7 @@ def cross_validate(config: ml_collections.ConfigDict, workdir: str,
                  _format_duration(time.monotonic() - fold_start))
   # Invocations running other folds write the same report: one at a time, each reading the
   # folds finished so far (by earlier invocations too), so the last one written covers them all.
-  with workdir_lock.hold(workdir, wait=True):
+  with run_directory.hold(workdir, wait=True):
     for fold in sorted(set(ALL_FOLDS) - set(folds)):
       metrics_path = os.path.join(fold_evaluation_dir(workdir, fold, checkpoint),
                                   evaluate.METRICS_FILE)

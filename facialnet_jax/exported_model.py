@@ -17,7 +17,7 @@ from facialnet_jax import sharding
 from facialnet_jax import steps
 from facialnet_jax import train_state as train_state_lib
 from facialnet_jax.errors import UserError
-from facialnet_jax.run_files import CONFIG_FILE  # the same name as in a run's workdir
+from facialnet_jax.run_directory import CONFIG_FILE  # the same name as in a run's workdir
 
 PARAMS_FILE = 'params.npz'
 META_FILE = 'meta.json'

@@ -20,7 +20,7 @@ from facialnet_jax import optim
 from facialnet_jax import sharding
 from facialnet_jax import train_state as train_state_lib
 from facialnet_jax.errors import UserError
-from facialnet_jax.run_files import CONFIG_FILE
+from facialnet_jax.run_directory import CONFIG_FILE
 
 # Written by train.py beside the checkpoints.
 LATEST = 'latest'

@@ -1,10 +1,8 @@
 """train_and_evaluate(config, workdir): the loop around the compiled steps, with resume, checkpoints,
 metrics and a final, honest test evaluation."""
 
-import contextlib
 import json
 import os
-import socket
 import time
 import types
 
@@ -25,15 +23,15 @@ from facialnet_jax import logging_setup
 from facialnet_jax import losses
 from facialnet_jax import models
 from facialnet_jax import optim
+from facialnet_jax import run_directory
 from facialnet_jax import run_timing
 from facialnet_jax import sharding
 from facialnet_jax import steps
 from facialnet_jax import streaming
 from facialnet_jax import tensorflow_optional
 from facialnet_jax import train_state as train_state_lib
-from facialnet_jax.run_files import CONFIG_FILE, ERRORS_FILE, RESULTS_FILE
-from facialnet_jax import workdir_lock
 from facialnet_jax.errors import UserError
+from facialnet_jax.run_directory import ERRORS_FILE, RESULTS_FILE
 
 
 
@@ -59,60 +57,6 @@ def _host_metrics(collection) -> dict[str, float]:
 def _format_metrics(values: dict[str, float]) -> str:
   return (f'gender {100 * values["gender_accuracy"]:.1f}%, age {100 * values["age_accuracy"]:.1f}%'
           f' (1-off {100 * values["age_one_off_accuracy"]:.1f}%)')
-
-
-def write_atomically(path: str, text: str) -> None:
-  """Writes a whole file or nothing: a crash mid-write leaves the previous version in place."""
-  temporary = f'{path}.tmp-{os.getpid()}'
-  with open(temporary, 'w') as f:
-    f.write(text)
-  os.replace(temporary, path)
-
-
-def save_config(config, workdir: str) -> None:
-  """Writes the resolved config beside the checkpoints (process 0 only)."""
-  if jax.process_index() == 0:
-    write_atomically(os.path.join(workdir, CONFIG_FILE),
-                     config.to_json_best_effort(indent=2, sort_keys=True))
-
-
-def _prepare_workdir(workdir: str) -> tuple[str, bool]:
-  """The workdir's absolute path, made if needed, and whether this call made it."""
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  created = not os.path.isdir(workdir)
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    # Named without asking JAX for the process index, which would start its backend.
-    probe = os.path.join(workdir, f'.write_test_{socket.gethostname()}_{os.getpid()}')
-    with open(probe, 'w'):
-      pass
-    os.remove(probe)
-  except OSError as error:
-    raise UserError(f'--workdir {workdir} cannot be written ({error.strerror}); choose a '
-                    'directory you can write to.') from None
-  return workdir, created
-
-
-def _remove_if_unused(workdir: str) -> None:
-  """Removes a workdir this run made when the run failed before writing anything there (a data
-  set not built, a batch that does not split): a folder holding only a lock file reads as a run
-  that started. Called with the lock held, so no other run can be using it."""
-  try:
-    if set(os.listdir(workdir)) <= {workdir_lock.LOCK_FILE}:
-      with contextlib.suppress(FileNotFoundError):
-        os.remove(os.path.join(workdir, workdir_lock.LOCK_FILE))
-      os.rmdir(workdir)
-  except OSError:
-    pass  # the folder is only left behind, as before
-
-
-def _hold_workdir(workdir: str):
-  """The workdir's lock, taken by process 0 for the whole run (the other processes follow it
-  through the collectives). Without jax.distributed the run is one process: asking JAX which
-  process this is would start its backend (seconds on a GPU) before a busy workdir is reported."""
-  if jax.distributed.is_initialized() and jax.process_index() > 0:
-    return contextlib.nullcontext()
-  return workdir_lock.hold(workdir)
 
 
 def run_identity(config) -> dict:
@@ -276,8 +220,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   final results (also written to workdir/results.json)."""
   config_checks.check_config(config)
   # Before any data or device work: a busy workdir is reported at once.
-  workdir, created = _prepare_workdir(workdir)
-  with _hold_workdir(workdir):
+  workdir, created = run_directory.prepare(workdir)
+  with run_directory.hold_for_run(workdir):
     # Only once the workdir is ours: a busy one (another run's) gets no file of this run's.
     if jax.process_index() == 0:
       logging_setup.keep_details_in(os.path.join(workdir, ERRORS_FILE))
@@ -287,7 +231,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       return _train_and_evaluate(config, workdir, clock, timer)
     except BaseException:
       if created:
-        _remove_if_unused(workdir)
+        run_directory.remove_if_unused(workdir)
       raise
     finally:
       clock.close()
@@ -336,7 +280,7 @@ def _train_and_evaluate(config, workdir: str, clock: compilation_cache.CompileCl
       return finished
     optim.warn_if_warmup_clipped(config)
     checkpoints.check_free_space(state)
-    save_config(config, workdir)
+    run_directory.save_config(config, workdir)
     save_every_epochs = checkpoint_every_epochs(config)
 
     metric_writers, periodic_actions = tensorflow_optional.clu_writers()
@@ -439,7 +383,7 @@ def _train_and_evaluate(config, workdir: str, clock: compilation_cache.CompileCl
       'compilation_cache_dir': cache_dir, 'compilation_cache_hits': clock.cache_hits,
       'compilation_cache_misses': clock.cache_misses}
   if jax.process_index() == 0:
-    write_atomically(os.path.join(workdir, RESULTS_FILE),
+    run_directory.write_atomically(os.path.join(workdir, RESULTS_FILE),
                      json.dumps(results, indent=2, sort_keys=True))
   for split in sorted(results.keys() & {'test', 'test_flip'}):
     for name, values in results[split].items():

@@ -36,8 +36,8 @@ from facialnet_jax import adience_files
 from facialnet_jax import demo_data
 from facialnet_jax import demo_faces
 from facialnet_jax import input_pipeline
+from facialnet_jax import run_directory
 from facialnet_jax import train
-from facialnet_jax import workdir_lock
 from facialnet_jax.errors import UserError
 from facialnet_jax.tfds_common import BadRecordError, BadSourceError
 from tests.conftest import REPO_ROOT, final_params, run_launch, tiny_config, tiny_flags
@@ -63,7 +63,7 @@ def _saved_files(directory: pathlib.Path) -> dict[str, tuple[int, int]]:
   The lock file is left out: each run that takes the workdir writes its PID there."""
   return {os.fspath(path.relative_to(directory)): (path.stat().st_size, path.stat().st_mtime_ns)
           for path in directory.rglob('*')
-          if path.is_file() and path.name != workdir_lock.LOCK_FILE}
+          if path.is_file() and path.name != run_directory.LOCK_FILE}
 
 
 # ---------------------------------------------------------------------------------------------

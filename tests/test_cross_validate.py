@@ -12,7 +12,7 @@ import pytest
 
 from facialnet_jax import cross_validate
 from facialnet_jax import restore
-from facialnet_jax import run_files
+from facialnet_jax import run_directory
 from facialnet_jax.errors import UserError
 from tests.conftest import REPO_ROOT
 from tfds_adience import tfds_adience_dataset_builder
@@ -99,7 +99,7 @@ def test_every_test_image_of_each_fold_is_counted(finished, data_dir):
 
 def test_rerun_resumes_fold_by_fold(finished, data_dir):
   workdir, report_path = finished
-  results = os.path.join(workdir, 'fold_3', run_files.RESULTS_FILE)
+  results = os.path.join(workdir, 'fold_3', run_directory.RESULTS_FILE)
   trained_at = os.path.getmtime(results)
   evaluation = cross_validate.fold_evaluation_dir(workdir, 1, 'best')
   os.rename(evaluation, evaluation + '_moved')  # fold 1 trained, its evaluation lost

@@ -22,7 +22,7 @@ from facialnet_jax import demo_data
 from facialnet_jax import evaluate
 from facialnet_jax import input_pipeline
 from facialnet_jax import restore
-from facialnet_jax import run_files
+from facialnet_jax import run_directory
 from facialnet_jax import train
 from facialnet_jax.errors import UserError
 from tests.conftest import REPO_ROOT, tiny_config
@@ -94,7 +94,7 @@ def test_metrics_equal_a_by_hand_computation_over_every_example(test_evaluation)
 
 
 def test_agrees_with_the_test_numbers_training_reported(workdir, test_evaluation):
-  with open(os.path.join(workdir, run_files.RESULTS_FILE)) as f:
+  with open(os.path.join(workdir, run_directory.RESULTS_FILE)) as f:
     reported = json.load(f)['test']['best']
   for name in ('gender_accuracy', 'age_accuracy', 'age_one_off_accuracy', 'age_loss'):
     assert test_evaluation.metrics[name] == pytest.approx(reported[name], abs=1e-6)

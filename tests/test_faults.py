@@ -18,8 +18,8 @@ import time
 import orbax.checkpoint as ocp
 import pytest
 
-from facialnet_jax import checkpointing, cross_validate, interrupts, restore, train, workdir_lock
-from facialnet_jax import run_files
+from facialnet_jax import (checkpointing, cross_validate, interrupts, restore, run_directory,
+                           train)
 from tests.conftest import (REPO_ROOT, final_params, launch_command, run_launch, tiny_config,
                             tiny_flags)
 from tests.test_crash_safety import TMP_MARK, _assert_same_params, _leftovers, _steps
@@ -35,8 +35,8 @@ class _Holder:
   """Another process holding a workdir's lock (and doing nothing else) until it is killed."""
 
   def __init__(self, workdir: pathlib.Path):
-    code = ('import sys, time; from facialnet_jax import workdir_lock; '
-            'lock = workdir_lock.hold(sys.argv[1]); lock.__enter__(); print("held", flush=True); '
+    code = ('import sys, time; from facialnet_jax import run_directory; '
+            'lock = run_directory.hold(sys.argv[1]); lock.__enter__(); print("held", flush=True); '
             'time.sleep(600)')
     self.process = subprocess.Popen([sys.executable, '-c', code, str(workdir)], cwd=REPO_ROOT,
                                     stdout=subprocess.PIPE, text=True)
@@ -51,8 +51,8 @@ class _Holder:
 
 def _lock_elsewhere(workdir: pathlib.Path) -> subprocess.CompletedProcess:
   """Another process's attempt to hold `workdir` (its status is 0 when it could)."""
-  code = ('import sys; from facialnet_jax import workdir_lock; '
-          'workdir_lock.hold(sys.argv[1]).__enter__()')
+  code = ('import sys; from facialnet_jax import run_directory; '
+          'run_directory.hold(sys.argv[1]).__enter__()')
   return subprocess.run([sys.executable, '-c', code, str(workdir)], cwd=REPO_ROOT,
                         capture_output=True, text=True, timeout=60, check=False)
 
@@ -67,7 +67,7 @@ def test_second_launch_on_a_busy_workdir_fails_fast_naming_the_holder_and_touche
   (workdir / 'checkpoints' / '2').mkdir(parents=True)
   (workdir / 'checkpoints' / '2' / 'state').write_bytes(b'first run')
   (workdir / 'config.json').write_text('{"first": "run"}')
-  with workdir_lock.hold(str(workdir)):
+  with run_directory.hold(str(workdir)):
     before = _snapshot(workdir)
     second = run_launch('--config', 'configs/synthetic.py', '--workdir', str(workdir),
                         *tiny_flags())
@@ -87,8 +87,8 @@ def test_a_killed_runs_lock_does_not_block_and_nested_holds_do_not_block_themsel
   workdir.mkdir()
   holder = _Holder(workdir)
   try:
-    with pytest.raises(workdir_lock.WorkdirBusy, match=f'PID {holder.process.pid} on '):
-      with workdir_lock.hold(str(workdir)):
+    with pytest.raises(run_directory.WorkdirBusy, match=f'PID {holder.process.pid} on '):
+      with run_directory.hold(str(workdir)):
         pass
     # A cross-validation fold held by another process is refused before any data is read.
     (tmp_path / 'cv' / 'fold_0').mkdir(parents=True)
@@ -96,7 +96,7 @@ def test_a_killed_runs_lock_does_not_block_and_nested_holds_do_not_block_themsel
     try:
       config = tiny_config(**{'data.source': 'tfds', 'data.demo': True,
                               'data.data_dir': str(tmp_path / 'no_data_here')})
-      with pytest.raises(workdir_lock.WorkdirBusy, match=f'cv/fold_0 is in use .*PID '
+      with pytest.raises(run_directory.WorkdirBusy, match=f'cv/fold_0 is in use .*PID '
                          f'{fold.process.pid} '):
         cross_validate.cross_validate(config, str(tmp_path / 'cv'), folds=[0])
     finally:
@@ -105,10 +105,10 @@ def test_a_killed_runs_lock_does_not_block_and_nested_holds_do_not_block_themsel
   finally:
     holder.kill()
   assert holder.process.returncode == -signal.SIGKILL
-  assert (workdir / workdir_lock.LOCK_FILE).exists()  # the file stays; its lock went with PID
-  with workdir_lock.hold(str(workdir)):
-    assert json.loads((workdir / workdir_lock.LOCK_FILE).read_text())['pid'] == os.getpid()
-    with workdir_lock.hold(str(workdir)):  # e.g. cross_validate's fold lock, then training's
+  assert (workdir / run_directory.LOCK_FILE).exists()  # the file stays; its lock went with PID
+  with run_directory.hold(str(workdir)):
+    assert json.loads((workdir / run_directory.LOCK_FILE).read_text())['pid'] == os.getpid()
+    with run_directory.hold(str(workdir)):  # e.g. cross_validate's fold lock, then training's
       pass
     attempt = _lock_elsewhere(workdir)  # still held by the outer block
     assert attempt.returncode == 1 and 'WorkdirBusy' in attempt.stderr, attempt.stderr
@@ -235,7 +235,7 @@ def test_full_disk_on_the_command_line_is_one_error_line_last_without_tracebacks
     assert 'Traceback' not in failed.stderr, failed.stderr[-3000:]
     last = failed.stderr.strip().splitlines()[-1]
     assert last.startswith('error: Writing the checkpoint of step 4 to ') and 'No space left' in last
-    assert 'Traceback' in (workdir / run_files.ERRORS_FILE).read_text()
+    assert 'Traceback' in (workdir / run_directory.ERRORS_FILE).read_text()
     subprocess.run(['mount', '-o', 'remount,size=256m', str(disk)], check=True)
     resumed = run_launch(*flags)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -297,7 +297,7 @@ def test_sigterm_saves_where_it_stops_and_the_rerun_ends_bit_for_bit_like_an_uni
                            f'{interrupted}/checkpoints/{stopped_at}. Run the same command to '
                            'resume.')
       assert _steps(interrupted / 'checkpoints')[-1] == stopped_at
-      assert not (interrupted / run_files.RESULTS_FILE).exists()
+      assert not (interrupted / run_directory.RESULTS_FILE).exists()
 
       resumed = run_launch('--workdir', str(interrupted), *SIGTERM_ARGS)
       assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -310,7 +310,7 @@ def test_sigterm_saves_where_it_stops_and_the_rerun_ends_bit_for_bit_like_an_uni
 
   # As in the SIGKILL test: the same steps from the same bits, so equality, not a tolerance.
   _assert_same_params(final_params(interrupted), final_params(reference))
-  results = json.loads((interrupted / run_files.RESULTS_FILE).read_text())
-  expected = json.loads((reference / run_files.RESULTS_FILE).read_text())
+  results = json.loads((interrupted / run_directory.RESULTS_FILE).read_text())
+  expected = json.loads((reference / run_directory.RESULTS_FILE).read_text())
   del results['timing'], expected['timing']  # seconds differ; every metric must not
   assert results == expected

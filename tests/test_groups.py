@@ -10,8 +10,8 @@ import pytest
 
 from facialnet_jax import groups
 from facialnet_jax import input_pipeline
+from facialnet_jax import run_directory
 from facialnet_jax import train
-from facialnet_jax import run_files
 from tests.conftest import tiny_config
 
 
@@ -100,7 +100,7 @@ def test_host_split_carries_ages_through_a_validation_carve():
 
 def test_results_json_holds_test_accuracy_by_group(tmp_path):
   results = train.train_and_evaluate(tiny_config(num_epochs=1), str(tmp_path))
-  with open(os.path.join(tmp_path, run_files.RESULTS_FILE)) as f:
+  with open(os.path.join(tmp_path, run_directory.RESULTS_FILE)) as f:
     written = json.load(f)
   table = written['groups']['test']['final']
   # Synthetic data have no exact ages: by Adience group, and by gender.

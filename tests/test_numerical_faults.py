@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from facialnet_jax import augment, checkpointing, losses, sharding, steps, train
-from facialnet_jax import run_files
+from facialnet_jax import run_directory
 from tests.conftest import tiny_config
 
 # One epoch of 8 steps, a checkpoint every 2: step index 5 fails, the host sees it at the stop
@@ -95,7 +95,7 @@ def test_nonfinite_step_stops_training_naming_it_and_keeps_the_last_good_checkpo
   state = _latest_state(tmp_path)
   assert state['step'] == LAST_GOOD and state['nonfinite_steps'] == 0
   assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state['params']))
-  assert not (tmp_path / run_files.RESULTS_FILE).exists()
+  assert not (tmp_path / run_directory.RESULTS_FILE).exists()
 
 
 def test_skip_nonfinite_resumes_the_stopped_run_and_skips_the_bad_batch(tmp_path, monkeypatch,
