@@ -32,8 +32,8 @@ from facialnet_jax import age_groups
 from facialnet_jax import cli
 from facialnet_jax import compilation_cache
 from facialnet_jax import confusion
-from facialnet_jax import device_data
 from facialnet_jax import exported_model
+from facialnet_jax import feeds
 from facialnet_jax import groups
 from facialnet_jax import input_pipeline
 from facialnet_jax import report
@@ -174,11 +174,11 @@ def evaluate(run: restore.RestoredRun, data: EvaluationData,
   restore.check_images_fit(run, split.image, data.dataset)
   batch_size = batch_size or run.config.eval_batch_size
   sharding.check_divisible(batch_size, run.mesh, 'batch_size')
-  arrays = split.arrays()
   results = {}
   for flipped in sorted({False, flip}):
-    evaluator = device_data.DeviceEvaluator(
-        steps.make_eval_step(run.model, run.config, flip=flipped), arrays, batch_size, run.mesh)
+    evaluator = feeds.evaluator(run.config.data.get('pipeline', 'device'),
+                                steps.make_eval_step(run.model, run.config, flip=flipped), split,
+                                batch_size, run.mesh)
     collection, probabilities = evaluator(run.state)
     metrics = {name: float(value)
                for name, value in jax.device_get(collection).compute().items()}

@@ -15,6 +15,7 @@ from facialnet_jax import checkpointing
 from facialnet_jax import compilation_cache
 from facialnet_jax import config_checks
 from facialnet_jax import device_data
+from facialnet_jax import feeds
 from facialnet_jax import fine_tune
 from facialnet_jax import groups
 from facialnet_jax import input_pipeline
@@ -27,7 +28,6 @@ from facialnet_jax import run_directory
 from facialnet_jax import run_timing
 from facialnet_jax import sharding
 from facialnet_jax import steps
-from facialnet_jax import streaming
 from facialnet_jax import tensorflow_optional
 from facialnet_jax import train_state as train_state_lib
 from facialnet_jax.errors import UserError
@@ -171,18 +171,10 @@ def _feeds(config, splits, model, tx, mesh, start_step: int):
   evaluations = {'validation': ('validation', False), 'test': ('test', False)}
   if config.flip_test:
     evaluations |= {'validation_flip': ('validation', True), 'test_flip': ('test', True)}
-  if config.data.pipeline == 'streaming':
-    feed = streaming.StreamingTrainFeed(train_step, splits['train'], config.batch_size,
-                                        config.seed, mesh, start_step)
-    return feed, {name: streaming.StreamingEvaluator(
-        steps.make_eval_step(model, config, flip), splits[split], config.eval_batch_size, mesh)
-                  for name, (split, flip) in evaluations.items()}
-  feed = device_data.DeviceTrainFeed(train_step, splits['train'].arrays(), config.batch_size,
-                                     config.seed, mesh,
-                                     device_data.dispatch_steps(config.steps_per_dispatch))
-  arrays = {split: splits[split].arrays() for split in ('validation', 'test')}
-  return feed, {name: device_data.DeviceEvaluator(
-      steps.make_eval_step(model, config, flip), arrays[split], config.eval_batch_size, mesh)
+  feed = feeds.train_feed(config, train_step, splits['train'], mesh, start_step)
+  return feed, {name: feeds.evaluator(config.data.pipeline,
+                                      steps.make_eval_step(model, config, flip), splits[split],
+                                      config.eval_batch_size, mesh)
                 for name, (split, flip) in evaluations.items()}
 
 
@@ -245,10 +237,7 @@ def _train_and_evaluate(config, workdir: str, clock: compilation_cache.CompileCl
     sharding.check_divisible(config.batch_size, mesh, 'config.batch_size')
     sharding.check_divisible(config.eval_batch_size, mesh, 'config.eval_batch_size')
 
-    if config.data.pipeline == 'streaming':
-      splits = streaming.load_splits(config)
-    else:
-      splits = input_pipeline.load_splits(config)
+    splits = feeds.load_splits(config)
     for name, split in splits.items():
       if len(split) == 0:
         raise UserError(f'The {name} split is empty; check config.data (splits, '

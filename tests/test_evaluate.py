@@ -19,6 +19,7 @@ from facialnet_jax import age_groups
 from facialnet_jax import augment
 from facialnet_jax import confusion
 from facialnet_jax import demo_data
+from facialnet_jax import device_data
 from facialnet_jax import evaluate
 from facialnet_jax import input_pipeline
 from facialnet_jax import restore
@@ -147,6 +148,24 @@ def test_flip_confusion_matrices_say_so_in_their_titles(test_evaluation, tmp_pat
   assert len(titles) == 4
   assert not any('flip' in title for title in titles[:2])
   assert all(title.endswith('labelled images, with flip') for title in titles[2:])
+
+
+def test_a_streaming_run_is_evaluated_by_streaming_to_the_same_numbers(workdir, test_evaluation,
+                                                                        monkeypatch):
+  # A run trained with data.pipeline='streaming' is one whose data need not fit on the device:
+  # evaluate must not copy a whole split there, and must give the device path's numbers.
+  run = restore.restore_run(workdir, 'best')
+  run.config.data.pipeline = 'streaming'
+
+  def copies_the_whole_split(*args, **kwargs):
+    raise AssertionError('the whole split was copied onto the device')
+
+  monkeypatch.setattr(device_data, 'DeviceEvaluator', copies_the_whole_split)
+  streamed = evaluate.evaluate(run, evaluate.load_evaluation_data(run, 'test'))
+  assert streamed.metrics == pytest.approx(test_evaluation.metrics, abs=1e-6)
+  for head in ('gender', 'age'):
+    np.testing.assert_allclose(streamed.probabilities[head],
+                               test_evaluation.probabilities[head], atol=1e-6)
 
 
 def test_protocol_splits_are_the_ones_training_used(workdir):
