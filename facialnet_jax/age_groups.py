@@ -32,6 +32,8 @@ UNKNOWN = -1
 # show them, and its number of classes.
 HEADS = ('gender', 'age')
 LABEL_KEYS = {'gender': 'gender', 'age': 'age_group'}
+# Keys of a batch: uint8 images (B, S, S, C) and int32 labels, UNKNOWN where unknown.
+BATCH_KEYS = ('image', *LABEL_KEYS.values())
 GENDER_CLASS_NAMES = tuple({'m': 'male', 'f': 'female'}[g] for g in GENDER_NAMES)
 AGE_CLASS_NAMES = AGE_GROUP_NAMES
 CLASS_NAMES = {'gender': GENDER_CLASS_NAMES, 'age': AGE_CLASS_NAMES}

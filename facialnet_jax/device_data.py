@@ -10,7 +10,7 @@ import numpy as np
 from facialnet_jax import age_groups
 from facialnet_jax import metrics as metrics_lib
 from facialnet_jax import sharding
-from facialnet_jax.steps import BATCH_KEYS
+from facialnet_jax.age_groups import BATCH_KEYS
 
 # A fixed stream id keeps the data-order key apart from the augmentation and dropout keys.
 _DATA_ORDER_STREAM = 0x0DA7A

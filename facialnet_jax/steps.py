@@ -12,9 +12,6 @@ from facialnet_jax import metrics as metrics_lib
 from facialnet_jax import mixup
 from facialnet_jax.train_state import NO_STEP, TrainState
 
-# Keys of a batch: uint8 images (B, S, S, C) and int32 labels, -1 where unknown.
-BATCH_KEYS = ('image', 'gender', 'age_group')
-
 
 def step_keys(seed: int, step: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Augmentation and dropout keys for one step, from (seed, step) alone: resumes reproduce them."""
