@@ -6,7 +6,7 @@ train one model when each is started with --coordinator_address, --num_processes
 --process_id, or with --distributed under SLURM and similar schedulers (README.md).
 """
 
-from facialnet_jax import cpu_env
+from facialnet_jax.runtime import cpu_env
 
 # Before anything heavy is imported: the CPU settings only take effect at process start.
 cpu_env.reexec_with_cpu_env()
@@ -15,7 +15,7 @@ cpu_env.reexec_with_cpu_env()
 from absl import app, flags
 from ml_collections import config_flags
 
-from facialnet_jax import cli
+from facialnet_jax.runtime import cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).',
@@ -34,9 +34,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   # Config values are checked, and flag errors reported, before JAX and TensorFlow load.
-  from facialnet_jax import config_checks  # pylint: disable=import-outside-toplevel
+  from facialnet_jax.training import config_checks  # pylint: disable=import-outside-toplevel
   config_checks.check_config(FLAGS.config)
-  from facialnet_jax import distributed, train  # pylint: disable=import-outside-toplevel
+  from facialnet_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
+  from facialnet_jax.training import train  # pylint: disable=import-outside-toplevel
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                          FLAGS.distributed)
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

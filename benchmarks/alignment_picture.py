@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from facialnet_jax import alignment
-from facialnet_jax import face_detection
-from facialnet_jax import face_prediction
+from facialnet_jax.inference import alignment
+from facialnet_jax.inference import face_detection
+from facialnet_jax.inference import face_prediction
 
 TILE = 128
 PAIRS = 5

@@ -28,7 +28,7 @@ Configurations (labels in the table)
   ynn-de/xla       ... with XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot,eltwise only
                    (an earlier lead; malloc+ynn-de/xla adds GLIBC_TUNABLES).
   tuned/<impl>     ... with GLIBC_TUNABLES and XLA_FLAGS (below), impl in
-                   xla, fast, patches, onednn (see facialnet_jax/conv.py; onednn needs the
+                   xla, fast, patches, onednn (see facialnet_jax/training/conv.py; onednn needs the
                    'onednn' extra and a compiler, else it measures xla and says so).
 
 Recommended environment for CPU training (must be set BEFORE the process starts;
@@ -62,7 +62,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # cpu_env needs only the standard library, so the PyTorch worker (another interpreter, the
 # project not installed) imports it too.
 sys.path.insert(0, REPO)
-from facialnet_jax import cpu_env  # pylint: disable=wrong-import-position
+from facialnet_jax.runtime import cpu_env  # pylint: disable=wrong-import-position
 # The model and optimiser settings, shared with gpu_peer.py (this script's folder is on sys.path).
 from facialnet_torch import (HEADS, LAYERS, LR, MOMENTUM, N_PARAMS,  # pylint: disable=wrong-import-position
                              WEIGHT_DECAY, make_net)
@@ -124,7 +124,7 @@ def jax_worker(args):
   import jax
   import jax.numpy as jnp
   import optax
-  from facialnet_jax.conv import Conv2D
+  from facialnet_jax.training.conv import Conv2D
 
   class Net(nn.Module):
     @nn.compact
@@ -189,7 +189,7 @@ def jax_worker(args):
     step()
   ready = {'ready': True, 'compile_s': round(compile_s, 2), 'jax': jax.__version__}
   if args.impl == 'onednn':
-    from facialnet_jax import onednn_build  # pylint: disable=import-outside-toplevel
+    from facialnet_jax.training import onednn_build  # pylint: disable=import-outside-toplevel
     ready['onednn_used'] = onednn_build.available()
   print(json.dumps(ready), flush=True)
   _serve(step, b * max(1, args.steps_per_call))

@@ -1,5 +1,6 @@
 """FacialNet in PyTorch for the speed comparisons (conv_speed.py, gpu_peer.py): the layer table,
-the optimiser settings and the torch.nn model, same architecture as facialnet_jax/models.py.
+the optimiser settings and the torch.nn model, same architecture as
+facialnet_jax/training/models.py.
 
 torch is imported inside make_net only, so the JAX workers (the project's environment, which
 need not have torch) can import the table.

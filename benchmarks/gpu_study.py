@@ -64,7 +64,7 @@ CANDIDATES = {
 
 def _decode(pack, name: str, channels: int):
   import cv2  # pylint: disable=import-outside-toplevel
-  from facialnet_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+  from facialnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
   rgb = np.stack([cv2.cvtColor(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR),
                                cv2.COLOR_BGR2RGB) for b in pack[f'{name}_webp']])
   return input_pipeline.HostSplit(
@@ -112,7 +112,9 @@ def worker(name: str, pack_path: str, runs: str, epochs: int | None) -> None:
     devrun.shim_tfds()
   except ImportError:
     pass
-  from facialnet_jax import evaluate, exported_model, input_pipeline, restore, train  # pylint: disable=import-outside-toplevel,multiple-imports
+  from facialnet_jax import evaluate  # pylint: disable=import-outside-toplevel,multiple-imports
+  from facialnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
+  from facialnet_jax.training import exported_model, restore, train
   config = _config(name, epochs)
   channels = 3 if config.data.builder_config.startswith('rgb') else 1
   pack = np.load(pack_path, allow_pickle=True)

@@ -28,12 +28,12 @@ import numpy as np
 from absl import app
 from absl import flags
 
-from facialnet_jax import age_groups
-from facialnet_jax import exported_model
-from facialnet_jax import face_detection
-from facialnet_jax import face_prediction
-from facialnet_jax import groups
-from facialnet_jax import restore
+from facialnet_jax.data import age_groups
+from facialnet_jax.inference import face_detection
+from facialnet_jax.inference import face_prediction
+from facialnet_jax.reports import groups
+from facialnet_jax.training import exported_model
+from facialnet_jax.training import restore
 
 flags.DEFINE_string('ground_truth', None, 'ground_truth.json of the photos (beside them).')
 flags.DEFINE_string('workdir', None, 'Training run (or exported model) that predicts; default: '

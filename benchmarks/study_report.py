@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from facialnet_jax import groups
+from facialnet_jax.reports import groups
 
 # Recipes drawn in the picture (seeds averaged): name → legend label.
 DRAWN = {'gray': 'gray75 (the old default)', 'rgb': 'rgb75 (the new default)',

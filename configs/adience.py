@@ -12,7 +12,7 @@ Measured on adience-mini (3,587 real faces, 5-fold cross-validation, 100 epochs,
 54.4 ± 9.3 / 85.0 ± 4.1. Neither beats answering the most common age group (56.4%).
 """
 
-from facialnet_jax.base_config import get_base_config
+from facialnet_jax.training.base_config import get_base_config
 
 
 def get_config():

@@ -5,7 +5,7 @@ the same TFDS builder as the real data, so the whole path is exercised. Accuracy
 nothing about real faces.
 """
 
-from facialnet_jax.base_config import get_base_config
+from facialnet_jax.training.base_config import get_base_config
 
 
 def get_config():

@@ -8,7 +8,7 @@ reached 88.2% gender / 65.4% age / 88.7% 1-off where configs/utkface.py reaches 
 (one H200, README "Results measured so far").
 """
 
-from facialnet_jax.base_config import get_base_config
+from facialnet_jax.training.base_config import get_base_config
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """Synthetic faces drawn in memory: no files, no build; for smoke tests and debugging the trainer."""
 
-from facialnet_jax.base_config import get_base_config
+from facialnet_jax.training.base_config import get_base_config
 
 
 def get_config():

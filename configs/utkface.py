@@ -25,7 +25,7 @@ dir other than TFDS's default, pass it to both commands: `--data_dir DIR` and
 `--config.data.data_dir=DIR`.
 """
 
-from facialnet_jax.base_config import get_base_config
+from facialnet_jax.training.base_config import get_base_config
 
 
 # The linear scaling rule from here: it held from batch 25 at 2e-3 to batch 250 at 0.02.

@@ -9,7 +9,7 @@ Adience size (75×75 grayscale, ~15k training faces by default) fed through the 
 training run uses. --epochs=N also times N whole epochs, as a full run would.
 """
 
-from facialnet_jax import cpu_env
+from facialnet_jax.runtime import cpu_env
 
 if __name__ == '__main__':
   # Measure what training runs with: launch.py starts with the same settings.
@@ -27,18 +27,18 @@ import numpy as np
 from absl import flags, logging
 from jax.sharding import AxisType
 
-from facialnet_jax import base_config
-from facialnet_jax import cli
-from facialnet_jax import device_data
-from facialnet_jax import input_pipeline
-from facialnet_jax import models
-from facialnet_jax import onednn_build
-from facialnet_jax import optim
-from facialnet_jax import sharding
-from facialnet_jax import steps
-from facialnet_jax import streaming
-from facialnet_jax import train_state
-from facialnet_jax.errors import UserError
+from facialnet_jax.data import input_pipeline
+from facialnet_jax.runtime import cli
+from facialnet_jax.runtime import sharding
+from facialnet_jax.runtime.errors import UserError
+from facialnet_jax.training import base_config
+from facialnet_jax.training import device_data
+from facialnet_jax.training import models
+from facialnet_jax.training import onednn_build
+from facialnet_jax.training import optim
+from facialnet_jax.training import steps
+from facialnet_jax.training import streaming
+from facialnet_jax.training import train_state
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('batch_sizes', ['25', '128'], 'Global batch sizes to measure.')

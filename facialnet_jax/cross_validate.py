@@ -10,8 +10,8 @@ The end is W/report.md (per-fold rows, mean ± std, quoted reference rows), W/cr
 training curves and confusion matrices (summed over folds) as PNG.
 """
 
-from facialnet_jax import age_groups
-from facialnet_jax import cpu_env
+from facialnet_jax.data import age_groups
+from facialnet_jax.runtime import cpu_env
 
 if __name__ == '__main__':
   # Five training runs: start with the same CPU settings as launch.py (they nearly double its speed).
@@ -30,18 +30,19 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from facialnet_jax import cli
-from facialnet_jax import config_checks
-from facialnet_jax import confusion
-from facialnet_jax import curves
 from facialnet_jax import evaluate
-from facialnet_jax import folds
-from facialnet_jax import groups
-from facialnet_jax import report
-from facialnet_jax import restore
-from facialnet_jax import run_directory
-from facialnet_jax.errors import UserError
-from facialnet_jax.run_directory import CONFIG_FILE, RESULTS_FILE
+from facialnet_jax.data import folds
+from facialnet_jax.reports import confusion
+from facialnet_jax.reports import curves
+from facialnet_jax.reports import groups
+from facialnet_jax.reports import report
+from facialnet_jax.runtime import cli
+from facialnet_jax.runtime import run_directory
+from facialnet_jax.runtime.errors import UserError
+from facialnet_jax.runtime.run_directory import CONFIG_FILE
+from facialnet_jax.runtime.run_directory import RESULTS_FILE
+from facialnet_jax.training import config_checks
+from facialnet_jax.training import restore
 
 REPORT_FILE = 'report.md'
 SUMMARY_FILE = 'cross_validation.json'
@@ -121,7 +122,7 @@ def run_fold(config: ml_collections.ConfigDict, workdir: str, fold: int,
   with run_directory.hold(directory):
     check_same_config(this_config, directory)
     if not os.path.exists(os.path.join(directory, RESULTS_FILE)):
-      from facialnet_jax import train  # pylint: disable=import-outside-toplevel
+      from facialnet_jax.training import train  # pylint: disable=import-outside-toplevel
       train.train_and_evaluate(this_config, directory)
     elif os.path.exists(metrics_path):
       with open(metrics_path) as f:

@@ -28,19 +28,19 @@ import numpy as np
 from absl import flags
 from absl import logging
 
-from facialnet_jax import age_groups
-from facialnet_jax import cli
-from facialnet_jax import compilation_cache
-from facialnet_jax import confusion
-from facialnet_jax import exported_model
-from facialnet_jax import feeds
-from facialnet_jax import groups
-from facialnet_jax import input_pipeline
-from facialnet_jax import report
-from facialnet_jax import restore
-from facialnet_jax import sharding
-from facialnet_jax import steps
-from facialnet_jax.errors import UserError
+from facialnet_jax.data import age_groups
+from facialnet_jax.data import input_pipeline
+from facialnet_jax.reports import confusion
+from facialnet_jax.reports import groups
+from facialnet_jax.reports import report
+from facialnet_jax.runtime import cli
+from facialnet_jax.runtime import compilation_cache
+from facialnet_jax.runtime import sharding
+from facialnet_jax.runtime.errors import UserError
+from facialnet_jax.training import exported_model
+from facialnet_jax.training import feeds
+from facialnet_jax.training import restore
+from facialnet_jax.training import steps
 
 PROTOCOL_SPLITS = ('train', 'validation', 'test')
 METRICS_FILE = 'metrics.json'

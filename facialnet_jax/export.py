@@ -13,9 +13,9 @@ import os
 
 from absl import flags
 
-from facialnet_jax import cli
-from facialnet_jax import exported_model
-from facialnet_jax.errors import UserError
+from facialnet_jax.runtime import cli
+from facialnet_jax.runtime.errors import UserError
+from facialnet_jax.training import exported_model
 
 FLAGS = flags.FLAGS
 
@@ -34,7 +34,7 @@ def main(argv):
   folder = os.path.dirname(os.path.abspath(FLAGS.output))
   if not os.path.isdir(folder):
     raise UserError(f'{folder} does not exist; create it or choose another --output')
-  from facialnet_jax import onnx_export  # pylint: disable=import-outside-toplevel
+  from facialnet_jax.inference import onnx_export  # pylint: disable=import-outside-toplevel
   run = exported_model.load_run(FLAGS.workdir, FLAGS.checkpoint)
   proto = onnx_export.to_onnx(run, FLAGS.flip)
   # Written beside and renamed: an interrupted export never leaves half a file.

@@ -27,12 +27,13 @@ from typing import Iterator
 
 from absl import flags
 
-from facialnet_jax import cli
-from facialnet_jax import exported_model
-from facialnet_jax import face_detection
-from facialnet_jax import face_prediction
-from facialnet_jax import prediction_outputs
-from facialnet_jax.errors import UserError
+from facialnet_jax.inference import face_detection
+from facialnet_jax.inference import face_prediction
+from facialnet_jax.inference import prediction_outputs
+from facialnet_jax.inference import video
+from facialnet_jax.runtime import cli
+from facialnet_jax.runtime.errors import UserError
+from facialnet_jax.training import exported_model
 
 
 def expand_photos(arguments: list[str]) -> list[str]:
@@ -121,11 +122,11 @@ def define_flags() -> None:
 
 def options_from_flags() -> face_prediction.Options:
   return face_prediction.Options(whole_image=FLAGS.whole_image, largest_face=FLAGS.largest_face,
-                 min_face_size=FLAGS.min_face_size, min_confidence=FLAGS.min_confidence)
+                                 min_face_size=FLAGS.min_face_size,
+                                 min_confidence=FLAGS.min_confidence)
 
 
 def main(argv):
-  from facialnet_jax import video  # pylint: disable=import-outside-toplevel  (video builds on this module)
   inputs = expand_photos(argv[1:])
   videos = [path for path in inputs if video.is_video(path)]
   photos = [path for path in inputs if not video.is_video(path)]
@@ -147,9 +148,10 @@ def main(argv):
     video_results = video.predict_videos(
         videos, run, predictor, options, FLAGS.every, FLAGS.every_seconds, FLAGS.max_frames,
         FLAGS.annotate_dir, FLAGS.batch_size, writer)
-    for index, result in enumerate(face_prediction.predict_photos(photos, run, predictor, options,
-                                                  keep_pixels=bool(FLAGS.annotate_dir),
-                                                  batch_size=FLAGS.batch_size)):
+    photo_results = face_prediction.predict_photos(photos, run, predictor, options,
+                                                   keep_pixels=bool(FLAGS.annotate_dir),
+                                                   batch_size=FLAGS.batch_size)
+    for index, result in enumerate(photo_results):
       readable += not result.unreadable
       outcomes[_outcome(result)] += 1
       faces += len(result.predictions)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from facialnet_jax import cpu_env
+from facialnet_jax.runtime import cpu_env
 
 # In-process tests compute with the settings launch.py re-executes itself with (the XLA flag
 # only: glibc's tunables cannot change after start). Set before anything imports jax.
@@ -29,7 +29,7 @@ TINY_OVERRIDES = {
 def tiny_config(**overrides):
   """The base config with TINY_OVERRIDES, then `overrides` (dotted keys as keyword names
   are not possible, so pass them as **{'a.b': value})."""
-  from facialnet_jax.base_config import get_base_config  # pylint: disable=import-outside-toplevel
+  from facialnet_jax.training.base_config import get_base_config
   config = get_base_config()
   for key, value in (TINY_OVERRIDES | overrides).items():
     target = config
@@ -73,7 +73,7 @@ def compilation_cache(tmp_path_factory):
   """One persistent XLA cache for the session, shared with subprocesses (through the variable
   that config.compilation_cache_dir='auto' reads) and kept out of the user's ~/.cache: the many
   small runs compile the same steps again and again."""
-  from facialnet_jax import compilation_cache as cache  # pylint: disable=import-outside-toplevel
+  from facialnet_jax.runtime import compilation_cache as cache
   os.environ[cache.CACHE_DIR_ENV] = str(tmp_path_factory.mktemp('jax_cache'))
   cache.enable(cache.AUTO)
   yield
@@ -82,7 +82,8 @@ def compilation_cache(tmp_path_factory):
 def final_params(workdir) -> dict:
   """The latest checkpoint's parameters, whatever the device count that saved them."""
   import jax  # pylint: disable=import-outside-toplevel
-  from facialnet_jax import checkpointing, sharding  # pylint: disable=import-outside-toplevel
+  from facialnet_jax.runtime import sharding  # pylint: disable=import-outside-toplevel
+  from facialnet_jax.training import checkpointing  # pylint: disable=import-outside-toplevel
   manager = checkpointing.open_manager(pathlib.Path(workdir) / 'checkpoints')
   state, _ = checkpointing.restore_replicated(manager, manager.latest_step(),
                                               sharding.create_mesh())
@@ -106,7 +107,7 @@ def initial_params(config) -> dict:
   """The parameters a run with `config` starts from."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from facialnet_jax import models  # pylint: disable=import-outside-toplevel
+  from facialnet_jax.training import models  # pylint: disable=import-outside-toplevel
   init = jax.jit(lambda key: models.create_model(config.model).init(
       key, jnp.zeros((1, 75, 75, 1)), train=False))
   return jax.device_get(init(jax.random.key(config.seed))['params'])
@@ -117,7 +118,7 @@ def small_demo_data_dir(tmp_path_factory) -> str:
   """A TFDS data_dir holding a small synthetic demo build (tfds_adience/gray75: 40 subjects ×
   2 faces, 16 per fold), built once per test session."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  from facialnet_jax import demo_data  # pylint: disable=import-outside-toplevel
+  from facialnet_jax.data import demo_data  # pylint: disable=import-outside-toplevel
   from tfds_adience import tfds_adience_dataset_builder  # pylint: disable=import-outside-toplevel
   raw = tmp_path_factory.mktemp('raw')
   demo_data.write_demo_raw(raw, num_subjects=40, images_per_subject=2, image_size=40, seed=2)

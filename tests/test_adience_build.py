@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from facialnet_jax import adience_files
-from facialnet_jax import demo_data
-from facialnet_jax import tfds_common
+from facialnet_jax.data import adience_files
+from facialnet_jax.data import demo_data
+from facialnet_jax.data import tfds_common
 from tfds_adience import tfds_adience_dataset_builder
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

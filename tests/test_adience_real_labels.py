@@ -6,8 +6,8 @@ import pathlib
 
 import pytest
 
-from facialnet_jax import adience_files
-from facialnet_jax import age_groups
+from facialnet_jax.data import adience_files
+from facialnet_jax.data import age_groups
 
 ADIENCE_LABELS = pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'data' / 'adience'
 pytestmark = pytest.mark.skipif(not ADIENCE_LABELS.is_dir(),

@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from facialnet_jax import age_groups
+from facialnet_jax.data import age_groups
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
 

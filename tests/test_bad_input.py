@@ -32,14 +32,15 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from facialnet_jax import adience_files
-from facialnet_jax import demo_data
-from facialnet_jax import demo_faces
-from facialnet_jax import input_pipeline
-from facialnet_jax import run_directory
-from facialnet_jax import train
-from facialnet_jax.errors import UserError
-from facialnet_jax.tfds_common import BadRecordError, BadSourceError
+from facialnet_jax.data import adience_files
+from facialnet_jax.data import demo_data
+from facialnet_jax.data import demo_faces
+from facialnet_jax.data import input_pipeline
+from facialnet_jax.data.tfds_common import BadRecordError
+from facialnet_jax.data.tfds_common import BadSourceError
+from facialnet_jax.runtime import run_directory
+from facialnet_jax.runtime.errors import UserError
+from facialnet_jax.training import train
 from tests.conftest import REPO_ROOT, final_params, run_launch, tiny_config, tiny_flags
 from tfds_adience import tfds_adience_dataset_builder as adience_builder
 from tfds_utkface import tfds_utkface_dataset_builder as utkface_builder

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from facialnet_jax import compilation_cache
-from facialnet_jax import run_timing
+from facialnet_jax.runtime import compilation_cache
+from facialnet_jax.runtime import run_timing
 from tests.conftest import REPO_ROOT, run_launch, tiny_flags
 
 

@@ -4,7 +4,7 @@ import importlib.util
 
 import pytest
 
-from facialnet_jax import config_checks
+from facialnet_jax.training import config_checks
 from tests.conftest import REPO_ROOT
 
 CONFIG_FILES = sorted((REPO_ROOT / 'configs').glob('*.py'))

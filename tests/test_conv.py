@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from facialnet_jax import conv as C
-from facialnet_jax import cpu_env
-from facialnet_jax import onednn_build
+from facialnet_jax.runtime import cpu_env
+from facialnet_jax.training import conv as C
+from facialnet_jax.training import onednn_build
 
 # (name, input spatial size, in channels, out channels, kernel, stride, padding)
 FACIALNET_CONVS = [

@@ -17,8 +17,11 @@ import jax
 import numpy as np
 import pytest
 
-from facialnet_jax import checkpointing, restore, sharding, train
-from facialnet_jax.errors import UserError
+from facialnet_jax.runtime import sharding
+from facialnet_jax.runtime.errors import UserError
+from facialnet_jax.training import checkpointing
+from facialnet_jax.training import restore
+from facialnet_jax.training import train
 from tests.conftest import final_params, launch_command, run_launch, tiny_config, tiny_flags
 
 # 64 training faces in batches of 8 for 3 epochs: 24 steps, a checkpoint every 2. Each killed

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from facialnet_jax import cross_validate
-from facialnet_jax import restore
-from facialnet_jax import run_directory
-from facialnet_jax.errors import UserError
+from facialnet_jax.runtime import run_directory
+from facialnet_jax.runtime.errors import UserError
+from facialnet_jax.training import restore
 from tests.conftest import REPO_ROOT
 from tfds_adience import tfds_adience_dataset_builder
 

@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from facialnet_jax import adience_files
-from facialnet_jax import age_groups
-from facialnet_jax import demo_data
-from facialnet_jax import preprocessing
+from facialnet_jax.data import adience_files
+from facialnet_jax.data import age_groups
+from facialnet_jax.data import demo_data
+from facialnet_jax.data import preprocessing
 
 
 @pytest.fixture(scope='module')

@@ -6,7 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from facialnet_jax import evaluate, models, optim, restore, sharding, steps, train, train_state
+from facialnet_jax import evaluate
+from facialnet_jax.runtime import sharding
+from facialnet_jax.training import models
+from facialnet_jax.training import optim
+from facialnet_jax.training import restore
+from facialnet_jax.training import steps
+from facialnet_jax.training import train
+from facialnet_jax.training import train_state
 from tests.conftest import tiny_config
 
 
@@ -140,7 +147,7 @@ def test_checkpoints_from_before_the_moving_average_existed_still_restore(tmp_pa
   """Runs trained before TrainState had ema_params saved no such field: they restore with it
   unset, array for array."""
   import dataclasses  # pylint: disable=import-outside-toplevel
-  from facialnet_jax import checkpointing  # pylint: disable=import-outside-toplevel
+  from facialnet_jax.training import checkpointing  # pylint: disable=import-outside-toplevel
   config = tiny_config()
   _, _, state = _state(config)
   legacy = {field.name: getattr(state, field.name) for field in dataclasses.fields(state)

@@ -15,17 +15,17 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from facialnet_jax import age_groups
-from facialnet_jax import augment
-from facialnet_jax import confusion
-from facialnet_jax import demo_data
-from facialnet_jax import device_data
 from facialnet_jax import evaluate
-from facialnet_jax import input_pipeline
-from facialnet_jax import restore
-from facialnet_jax import run_directory
-from facialnet_jax import train
-from facialnet_jax.errors import UserError
+from facialnet_jax.data import age_groups
+from facialnet_jax.data import demo_data
+from facialnet_jax.data import input_pipeline
+from facialnet_jax.reports import confusion
+from facialnet_jax.runtime import run_directory
+from facialnet_jax.runtime.errors import UserError
+from facialnet_jax.training import augment
+from facialnet_jax.training import device_data
+from facialnet_jax.training import restore
+from facialnet_jax.training import train
 from tests.conftest import REPO_ROOT, tiny_config
 from tfds_adience import tfds_adience_dataset_builder
 

@@ -10,9 +10,9 @@ import matplotlib
 import numpy as np
 import pytest
 
-from facialnet_jax import alignment
-from facialnet_jax import face_detection
-from facialnet_jax import face_prediction
+from facialnet_jax.inference import alignment
+from facialnet_jax.inference import face_detection
+from facialnet_jax.inference import face_prediction
 
 SAMPLE_DATA = pathlib.Path(matplotlib.get_data_path()) / 'sample_data'
 NO_FACE = SAMPLE_DATA / 'logo2.png'

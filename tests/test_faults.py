@@ -18,8 +18,12 @@ import time
 import orbax.checkpoint as ocp
 import pytest
 
-from facialnet_jax import (checkpointing, cross_validate, interrupts, restore, run_directory,
-                           train)
+from facialnet_jax import cross_validate
+from facialnet_jax.runtime import interrupts
+from facialnet_jax.runtime import run_directory
+from facialnet_jax.training import checkpointing
+from facialnet_jax.training import restore
+from facialnet_jax.training import train
 from tests.conftest import (REPO_ROOT, final_params, launch_command, run_launch, tiny_config,
                             tiny_flags)
 from tests.test_crash_safety import TMP_MARK, _assert_same_params, _leftovers, _steps
@@ -35,7 +39,7 @@ class _Holder:
   """Another process holding a workdir's lock (and doing nothing else) until it is killed."""
 
   def __init__(self, workdir: pathlib.Path):
-    code = ('import sys, time; from facialnet_jax import run_directory; '
+    code = ('import sys, time; from facialnet_jax.runtime import run_directory; '
             'lock = run_directory.hold(sys.argv[1]); lock.__enter__(); print("held", flush=True); '
             'time.sleep(600)')
     self.process = subprocess.Popen([sys.executable, '-c', code, str(workdir)], cwd=REPO_ROOT,
@@ -51,7 +55,7 @@ class _Holder:
 
 def _lock_elsewhere(workdir: pathlib.Path) -> subprocess.CompletedProcess:
   """Another process's attempt to hold `workdir` (its status is 0 when it could)."""
-  code = ('import sys; from facialnet_jax import run_directory; '
+  code = ('import sys; from facialnet_jax.runtime import run_directory; '
           'run_directory.hold(sys.argv[1]).__enter__()')
   return subprocess.run([sys.executable, '-c', code, str(workdir)], cwd=REPO_ROOT,
                         capture_output=True, text=True, timeout=60, check=False)

@@ -5,8 +5,14 @@ import jax
 import numpy as np
 import pytest
 
-from facialnet_jax import fine_tune, models, optim, restore, sharding, train, train_state
-from facialnet_jax.errors import UserError
+from facialnet_jax.runtime import sharding
+from facialnet_jax.runtime.errors import UserError
+from facialnet_jax.training import fine_tune
+from facialnet_jax.training import models
+from facialnet_jax.training import optim
+from facialnet_jax.training import restore
+from facialnet_jax.training import train
+from facialnet_jax.training import train_state
 from tests.conftest import final_params, initial_params, tiny_config
 
 

@@ -8,10 +8,10 @@ import types
 import numpy as np
 import pytest
 
-from facialnet_jax import groups
-from facialnet_jax import input_pipeline
-from facialnet_jax import run_directory
-from facialnet_jax import train
+from facialnet_jax.data import input_pipeline
+from facialnet_jax.reports import groups
+from facialnet_jax.runtime import run_directory
+from facialnet_jax.training import train
 from tests.conftest import tiny_config
 
 

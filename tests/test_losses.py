@@ -8,9 +8,16 @@ import numpy as np
 import optax
 import pytest
 
-from facialnet_jax import (config_checks, input_pipeline, losses, mixup, models, optim, steps,
-                           streaming, train_state)
-from facialnet_jax.errors import UserError
+from facialnet_jax.data import input_pipeline
+from facialnet_jax.runtime.errors import UserError
+from facialnet_jax.training import config_checks
+from facialnet_jax.training import losses
+from facialnet_jax.training import mixup
+from facialnet_jax.training import models
+from facialnet_jax.training import optim
+from facialnet_jax.training import steps
+from facialnet_jax.training import streaming
+from facialnet_jax.training import train_state
 from tests.conftest import tiny_config
 
 AGE_GROUPS = 8

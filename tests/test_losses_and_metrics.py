@@ -5,7 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from facialnet_jax import losses, metrics, models, steps, train_state
+from facialnet_jax.training import losses
+from facialnet_jax.training import metrics
+from facialnet_jax.training import models
+from facialnet_jax.training import steps
+from facialnet_jax.training import train_state
 from tests.conftest import tiny_config
 
 

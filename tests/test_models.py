@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import ml_collections
 import pytest
 
-from facialnet_jax import models
+from facialnet_jax.training import models
 
 PAPER_PARAMETER_COUNT = 4_159_242
 

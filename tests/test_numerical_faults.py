@@ -12,8 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from facialnet_jax import augment, checkpointing, losses, sharding, steps, train
-from facialnet_jax import run_directory
+from facialnet_jax.runtime import run_directory
+from facialnet_jax.runtime import sharding
+from facialnet_jax.training import augment
+from facialnet_jax.training import checkpointing
+from facialnet_jax.training import losses
+from facialnet_jax.training import steps
+from facialnet_jax.training import train
 from tests.conftest import tiny_config
 
 # One epoch of 8 steps, a checkpoint every 2: step index 5 fails, the host sees it at the stop

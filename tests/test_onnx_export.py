@@ -10,14 +10,14 @@ import numpy as np
 import onnx
 import pytest
 
-from facialnet_jax import conv
-from facialnet_jax import exported_model
-from facialnet_jax import face_prediction
-from facialnet_jax import models
-from facialnet_jax import onnx_export
-from facialnet_jax import restore
-from facialnet_jax import train
-from facialnet_jax.errors import UserError
+from facialnet_jax.inference import face_prediction
+from facialnet_jax.inference import onnx_export
+from facialnet_jax.runtime.errors import UserError
+from facialnet_jax.training import conv
+from facialnet_jax.training import exported_model
+from facialnet_jax.training import models
+from facialnet_jax.training import restore
+from facialnet_jax.training import train
 from tests.conftest import REPO_ROOT, tiny_config
 
 # Float32 throughout; measured differences are ~1e-6 (summation order of the convolutions).

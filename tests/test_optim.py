@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from facialnet_jax import optim
+from facialnet_jax.training import optim
 from tests.conftest import tiny_config
 
 

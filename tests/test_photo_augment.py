@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from facialnet_jax import augment
-from facialnet_jax import config_checks
-from facialnet_jax.errors import UserError
+from facialnet_jax.runtime.errors import UserError
+from facialnet_jax.training import augment
+from facialnet_jax.training import config_checks
 from tests.conftest import tiny_config
 
 

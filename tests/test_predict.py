@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 
 from benchmarks import score_photos
-from facialnet_jax import alignment
-from facialnet_jax import face_detection
-from facialnet_jax import face_prediction
 from facialnet_jax import predict
-from facialnet_jax import preprocessing
-from facialnet_jax import restore
-from facialnet_jax import train
+from facialnet_jax.data import preprocessing
+from facialnet_jax.inference import alignment
+from facialnet_jax.inference import face_detection
+from facialnet_jax.inference import face_prediction
+from facialnet_jax.training import restore
+from facialnet_jax.training import train
 from tests.conftest import REPO_ROOT, tiny_config
 
 SAMPLE_DATA = pathlib.Path(matplotlib.get_data_path()) / 'sample_data'
@@ -90,7 +90,7 @@ def test_prediction_input_is_the_builders_preprocessing(workdir, shared_data, mo
   monkeypatch.setattr(preprocessing, 'preprocess_face',
                       lambda *a, **k: seen.append(original(*a, **k)) or seen[-1])
   whole = face_prediction.find_faces(str(photo), run.stored_image_size, run.channels,
-                             face_prediction.Options(whole_image=True))
+                                     face_prediction.Options(whole_image=True))
   assert len(whole.faces) == 1 and len(seen) == 1
   assert whole.faces[0].confidence is None
   stored = original(photo.read_bytes(), run.stored_image_size, run.channels)
@@ -98,7 +98,7 @@ def test_prediction_input_is_the_builders_preprocessing(workdir, shared_data, mo
   # Bytes are decoded at reduced scale by libjpeg, arrays resized from full scale: near-equal.
   assert np.abs(seen[0].astype(int) - stored.astype(int)).mean() < 2.0
   detected = face_prediction.find_faces(str(PORTRAIT), run.stored_image_size, run.channels,
-                                face_prediction.Options())
+                                        face_prediction.Options())
   assert len(detected.faces) == 1 and len(seen) == 2
   assert (detected.inputs[0] == seen[1]).all()
 

@@ -7,8 +7,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from facialnet_jax import demo_faces
-from facialnet_jax import preprocessing
+from facialnet_jax.data import demo_faces
+from facialnet_jax.data import preprocessing
 
 
 def _jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:

@@ -4,10 +4,10 @@ markdown (quoted rows marked, mean ± std, unfinished protocols flagged)."""
 import numpy as np
 import pytest
 
-from facialnet_jax import age_groups
-from facialnet_jax import confusion
-from facialnet_jax import curves
-from facialnet_jax import report
+from facialnet_jax.data import age_groups
+from facialnet_jax.reports import confusion
+from facialnet_jax.reports import curves
+from facialnet_jax.reports import report
 
 
 def test_confusion_matrix_leaves_unknown_labels_out():

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from benchmarks import score_photos
-from facialnet_jax import exported_model
-from facialnet_jax import face_prediction
-from facialnet_jax import restore
-from facialnet_jax import train
-from facialnet_jax.errors import UserError
+from facialnet_jax.inference import face_prediction
+from facialnet_jax.runtime.errors import UserError
+from facialnet_jax.training import exported_model
+from facialnet_jax.training import restore
+from facialnet_jax.training import train
 from tests.conftest import tiny_config
 from tests.test_evaluate import run_module
 
@@ -91,7 +91,8 @@ def test_predict_without_a_workdir_uses_the_shipped_model(shared_data, tmp_path)
 
 
 def test_fine_tuning_starts_from_an_exported_model(ema_workdir, tmp_path):
-  from facialnet_jax import fine_tune, sharding, train_state, models, optim  # pylint: disable=import-outside-toplevel,multiple-imports
+  from facialnet_jax.runtime import sharding  # pylint: disable=import-outside-toplevel
+  from facialnet_jax.training import fine_tune, train_state, models, optim
   import jax  # pylint: disable=import-outside-toplevel
   run = restore.restore_run(ema_workdir, 'latest')
   exported_model.save_model(run, str(tmp_path / 'model'))
@@ -105,7 +106,8 @@ def test_fine_tuning_starts_from_an_exported_model(ema_workdir, tmp_path):
 
 
 def test_fine_tuning_from_the_shipped_model_checks_its_channels():
-  from facialnet_jax import fine_tune, sharding  # pylint: disable=import-outside-toplevel,multiple-imports
+  from facialnet_jax.runtime import sharding  # pylint: disable=import-outside-toplevel
+  from facialnet_jax.training import fine_tune  # pylint: disable=import-outside-toplevel
   config = tiny_config(init_from='shipped')
   with pytest.raises(UserError, match='trained on RGB images and this data set is grayscale'):
     fine_tune.initialise_from(config, None, 1, sharding.create_mesh())

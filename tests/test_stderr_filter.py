@@ -3,7 +3,7 @@ other line (real tracebacks included) passes through unchanged."""
 
 import io
 
-from facialnet_jax import logging_setup
+from facialnet_jax.runtime import logging_setup
 
 HARMLESS = ('Traceback (most recent call last):\n  File "base_events.py", line 806, in x\n'
             '    self._check_closed()\nRuntimeError: Event loop is closed\n')

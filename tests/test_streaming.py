@@ -13,10 +13,15 @@ import jax
 import numpy as np
 import pytest
 
-from facialnet_jax import (device_data, input_pipeline, sharding, streaming, tensorflow_optional,
-                           train)
-from facialnet_jax.errors import UserError
-from facialnet_jax.metrics import EvalMetrics, TrainMetrics
+from facialnet_jax.data import input_pipeline
+from facialnet_jax.runtime import sharding
+from facialnet_jax.runtime import tensorflow_optional
+from facialnet_jax.runtime.errors import UserError
+from facialnet_jax.training import device_data
+from facialnet_jax.training import streaming
+from facialnet_jax.training import train
+from facialnet_jax.training.metrics import EvalMetrics
+from facialnet_jax.training.metrics import TrainMetrics
 from tests.conftest import (REPO_ROOT, final_params, initial_params, relative_difference,
                             tiny_config)
 
@@ -128,8 +133,10 @@ def test_tfds_streams_hold_the_same_examples_as_the_device_path(small_demo_data_
 _WITHOUT_TENSORFLOW = """
 import sys
 import numpy as np
-from facialnet_jax import sharding, streaming
-from facialnet_jax.metrics import EvalMetrics, TrainMetrics
+from facialnet_jax.runtime import sharding
+from facialnet_jax.training import streaming
+from facialnet_jax.training.metrics import EvalMetrics
+from facialnet_jax.training.metrics import TrainMetrics
 from tests.conftest import tiny_config
 
 splits = streaming.load_splits(tiny_config(**{
@@ -162,7 +169,7 @@ def test_a_tfrecord_build_asks_for_an_arrayrecord_rebuild(tmp_path):
   if not tensorflow_optional.installed():
     pytest.skip('writing a TFRecord build needs TensorFlow')
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  from facialnet_jax import demo_data  # pylint: disable=import-outside-toplevel
+  from facialnet_jax.data import demo_data  # pylint: disable=import-outside-toplevel
   from tfds_adience import tfds_adience_dataset_builder  # pylint: disable=import-outside-toplevel
   demo_data.write_demo_raw(tmp_path / 'raw', num_subjects=10, images_per_subject=1,
                            image_size=24, seed=1)
@@ -183,8 +190,11 @@ import jax
 import numpy as np
 jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
                            process_id=int(sys.argv[2]))
-from facialnet_jax import input_pipeline, sharding, streaming
-from facialnet_jax.metrics import EvalMetrics, TrainMetrics
+from facialnet_jax.data import input_pipeline
+from facialnet_jax.runtime import sharding
+from facialnet_jax.training import streaming
+from facialnet_jax.training.metrics import EvalMetrics
+from facialnet_jax.training.metrics import TrainMetrics
 
 index = np.arange(23)
 split = streaming.from_host(input_pipeline.HostSplit(

@@ -14,7 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from facialnet_jax import device_data, models, onednn_build, optim, sharding, steps, train, train_state
+from facialnet_jax.runtime import sharding
+from facialnet_jax.training import device_data
+from facialnet_jax.training import models
+from facialnet_jax.training import onednn_build
+from facialnet_jax.training import optim
+from facialnet_jax.training import steps
+from facialnet_jax.training import train
+from facialnet_jax.training import train_state
 from tests.conftest import (REPO_ROOT, final_params, initial_params, relative_difference,
                             run_launch, tiny_config, tiny_flags)
 
@@ -150,7 +157,7 @@ _AUGMENT_ON_1_AND_8_DEVICES = """
 import jax, numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 from tests.conftest import tiny_config
-from facialnet_jax import augment
+from facialnet_jax.training import augment
 config = tiny_config()
 images = np.random.default_rng(0).integers(0, 255, (8, 75, 75, 1), dtype=np.uint8)
 outputs = []

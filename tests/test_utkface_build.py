@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from facialnet_jax import age_groups
-from facialnet_jax import demo_faces
-from facialnet_jax import tfds_common
+from facialnet_jax.data import age_groups
+from facialnet_jax.data import demo_faces
+from facialnet_jax.data import tfds_common
 from tfds_utkface import tfds_utkface_dataset_builder as utkface
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

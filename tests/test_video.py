@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from facialnet_jax import exported_model
-from facialnet_jax import face_prediction
-from facialnet_jax import video
-from facialnet_jax.errors import UserError
+from facialnet_jax.inference import face_prediction
+from facialnet_jax.inference import video
+from facialnet_jax.runtime.errors import UserError
+from facialnet_jax.training import exported_model
 from tests.conftest import SHARED_DATA
 from tests.test_evaluate import run_module
 

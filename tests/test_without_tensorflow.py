@@ -68,7 +68,7 @@ def test_demo_builds_trains_evaluates_and_predicts_without_tensorflow(tmp_path):
 
 def test_a_tfrecord_build_without_tensorflow_says_how_to_rebuild(tmp_path):
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  from facialnet_jax import demo_data  # pylint: disable=import-outside-toplevel
+  from facialnet_jax.data import demo_data  # pylint: disable=import-outside-toplevel
   from tfds_adience import tfds_adience_dataset_builder  # pylint: disable=import-outside-toplevel
   raw = tmp_path / 'raw'
   demo_data.write_demo_raw(raw, num_subjects=10, images_per_subject=1, image_size=40)

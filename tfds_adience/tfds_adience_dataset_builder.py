@@ -6,9 +6,9 @@ import time
 
 import tensorflow_datasets as tfds
 
-from facialnet_jax import adience_files
-from facialnet_jax import age_groups
-from facialnet_jax import tfds_common
+from facialnet_jax.data import adience_files
+from facialnet_jax.data import age_groups
+from facialnet_jax.data import tfds_common
 
 UNREADABLE_FIX = 'replace the file with a good copy from the Adience archive'
 

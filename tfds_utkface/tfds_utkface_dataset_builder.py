@@ -11,8 +11,8 @@ import time
 import numpy as np
 import tensorflow_datasets as tfds
 
-from facialnet_jax import age_groups
-from facialnet_jax import tfds_common
+from facialnet_jax.data import age_groups
+from facialnet_jax.data import tfds_common
 
 # UTKFace.tar.gz holds UTKFace/<age>_<gender>_<race>_<date&time>.jpg.chip.jpg.
 ARCHIVE_STEM = 'UTKFace'

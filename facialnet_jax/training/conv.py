@@ -1,0 +1,277 @@
+"""2-D convolution layer with interchangeable CPU/GPU implementations.
+
+`Conv2D` has the same parameters as `flax.linen.Conv` (``kernel`` in HWIO layout,
+shape ``(k, k, in, features)``, and ``bias`` of shape ``(features,)``), so a
+checkpoint trained with one implementation loads into any other.
+
+Implementations (all compute the same function; see ``tests/test_conv.py``):
+
+``'xla'``
+    ``lax.conv_general_dilated`` with explicit symmetric padding. On GPU this is
+    the right choice. On CPU it is also the fastest *provided* the process was
+    started with ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``
+    (``facialnet_jax.cpu_env`` sets it; see ``benchmarks/conv_speed.py``): without that flag jaxlib 0.10 sends every
+    convolution to YNNPACK, whose weight-gradient convolutions are 3-6x slower
+    than XLA's own (Eigen) convolutions.
+
+``'fast'``
+    Same as ``'xla'`` for k>1 convolutions; 1x1 stride-1 convolutions become
+    plain matrix products with a hand-written backward pass whose weight
+    gradient is ``dy^T @ x`` (no transposed activations). Slightly faster than
+    ``'xla'`` for the two 1x1 layers of FacialNet; the difference is within the
+    noise of a whole training step.
+
+``'patches'``
+    im2col: every k>1 convolution is one matrix product over the k*k shifted
+    (strided) slices concatenated on the channel axis, with a custom VJP whose
+    input gradient is a col2im (sum of shifted/padded slices) and whose weight
+    gradient is one matrix product. Kept as a reference point: on the 2-core
+    CPU it is slower than ``'xla'`` with the flag above (building the patches
+    costs more than it saves).
+
+``'onednn'``
+    CPU only: oneDNN's bfloat16 convolutions (AVX512-BF16 instructions, float32
+    accumulation) called through XLA's FFI with a custom VJP; activations and
+    kernels are rounded to bfloat16 inside the layer, the kernel gradient comes
+    back in float32. XLA:CPU's own convolutions never use the bf16 instructions.
+    Stride-2 kernel gradients are computed as four stride-1 ones (see
+    `_onednn_kernel_grad`): oneDNN 3.2's bf16 code for strided ones is slow. The library is compiled on
+    first use (``facialnet_jax/training/onednn_build.py``, needs the ``onednn`` extra and
+    a C++ compiler); where that is impossible (no compiler or oneDNN, no
+    AVX512-BF16, not a CPU backend) the layer logs one line and computes 'xla'.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from facialnet_jax.training import onednn_build
+
+IMPLEMENTATIONS = ('xla', 'fast', 'patches', 'onednn')
+
+def out_size(n: int, k: int, s: int, p: int) -> int:
+  """Spatial output size of a k x k / stride s convolution with padding p."""
+  return (n + 2 * p - k) // s + 1
+
+
+def conv_xla(x, w, stride: int, padding: int):
+  return lax.conv_general_dilated(
+      x, w, (stride, stride), ((padding, padding), (padding, padding)),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+# --------------------------------------------------------------------------
+# 1x1 convolutions as matrix products.
+
+
+@jax.custom_vjp
+def conv1x1(x, w):
+  """1x1 / stride 1 / no padding convolution, x NHWC, w (1,1,in,out)."""
+  return jnp.dot(x, w[0, 0])
+
+
+def _conv1x1_fwd(x, w):
+  return jnp.dot(x, w[0, 0]), (x, w)
+
+
+def _conv1x1_bwd(res, dy):
+  x, w = res
+  cin, cout = w.shape[2], w.shape[3]
+  dx = lax.dot_general(dy, w[0, 0], (((3,), (1,)), ((), ())))
+  # dW^T = dy^T @ x (contracting the N*H*W rows); its (out, in) result is tiny
+  # to transpose, unlike the activations.
+  dwt = lax.dot_general(dy.reshape(-1, cout), x.reshape(-1, cin), (((0,), (0,)), ((), ())))
+  return dx, dwt.T.reshape(w.shape)
+
+
+conv1x1.defvjp(_conv1x1_fwd, _conv1x1_bwd)
+
+
+# --------------------------------------------------------------------------
+# im2col ("patches") convolution with a matrix-product backward pass.
+
+
+def im2col(x, k: int, s: int, p: int):
+  """(N,H,W,C) -> (N,Ho,Wo,k*k*C); channel order (i, j, c) matches HWIO."""
+  n, h, w, c = x.shape
+  ho, wo = out_size(h, k, s, p), out_size(w, k, s, p)
+  xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))) if p else x
+  cols = [
+      lax.slice(xp, (0, i, j, 0), (n, i + s * (ho - 1) + 1, j + s * (wo - 1) + 1, c),
+                (1, s, s, 1))
+      for i in range(k) for j in range(k)
+  ]
+  return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+
+
+def col2im(dcols, x_shape, k: int, s: int, p: int):
+  """Adjoint of `im2col`: a sum of k*k shifted (interior-padded) slices."""
+  _, h, w, c = x_shape
+  _, ho, wo, _ = dcols.shape
+  zero = jnp.zeros((), dcols.dtype)
+  dx = None
+  for idx in range(k * k):
+    i, j = divmod(idx, k)
+    blk = dcols[..., idx * c:(idx + 1) * c]
+    lo_h, lo_w = i - p, j - p
+    hi_h = h - (lo_h + s * (ho - 1) + 1)
+    hi_w = w - (lo_w + s * (wo - 1) + 1)
+    t = lax.pad(blk, zero, ((0, 0, 0), (lo_h, hi_h, s - 1), (lo_w, hi_w, s - 1), (0, 0, 0)))
+    dx = t if dx is None else dx + t
+  return dx
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv_patches(x, w, k: int, s: int, p: int):
+  return _patches_fwd(x, w, k, s, p)[0]
+
+
+def _patches_fwd(x, w, k, s, p):
+  cols = im2col(x, k, s, p)
+  return jnp.dot(cols, w.reshape(-1, w.shape[-1])), (x, w)
+
+
+def _patches_bwd(k, s, p, res, dy):
+  x, w = res
+  cols = im2col(x, k, s, p)  # recomputed: cheaper than keeping it alive
+  kk, cout = cols.shape[-1], w.shape[-1]
+  dwt = lax.dot_general(dy.reshape(-1, cout), cols.reshape(-1, kk), (((0,), (0,)), ((), ())))
+  dcols = lax.dot_general(dy, w.reshape(kk, cout), (((3,), (1,)), ((), ())))
+  return col2im(dcols, x.shape, k, s, p), dwt.T.reshape(w.shape)
+
+
+conv_patches.defvjp(_patches_fwd, _patches_bwd)
+
+
+# --------------------------------------------------------------------------
+# oneDNN bfloat16 convolutions through XLA's FFI (facialnet_jax/training/csrc/onednn_conv.cc).
+
+
+def _onednn_call(target: str, result, *args, stride: int, padding: int):
+  return jax.ffi.ffi_call(target, result)(*args, stride=np.int64(stride),
+                                          padding=np.int64(padding))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_onednn(x, w, stride: int, padding: int):
+  """x NHWC (any float dtype, result in it), w HWIO (float32 params: its gradient stays so)."""
+  return _onednn_fwd(x, w, stride, padding)[0]
+
+
+def _onednn_fwd(x, w, stride, padding):
+  xb = x.astype(jnp.bfloat16)
+  n, h, wd, _ = x.shape
+  k, cout = w.shape[0], w.shape[3]
+  shape = (n, out_size(h, k, stride, padding), out_size(wd, k, stride, padding), cout)
+  y = _onednn_call('facialnet_onednn_conv_forward', jax.ShapeDtypeStruct(shape, jnp.bfloat16),
+                   xb, w.astype(jnp.bfloat16), stride=stride, padding=padding)
+  # The kernel is kept in its own dtype (small) so that the bwd rule knows it.
+  return y.astype(x.dtype), (xb, w)
+
+
+def _onednn_bwd(stride, padding, res, dy):
+  xb, w = res
+  dyb = dy.astype(jnp.bfloat16)
+  dx = _onednn_call('facialnet_onednn_conv_backward_data',
+                    jax.ShapeDtypeStruct(xb.shape, jnp.bfloat16), dyb, w.astype(jnp.bfloat16),
+                    stride=stride, padding=padding)
+  dw = _onednn_kernel_grad(xb, dyb, w.shape, stride, padding)
+  return dx.astype(dy.dtype), dw.astype(w.dtype)
+
+
+def _onednn_kernel_grad(xb, dyb, w_shape, stride, padding):
+  """Float32 kernel gradient. At stride s it is s*s stride-1 ones (oneDNN 3.2's bf16 code for
+  strided kernel gradients runs at a tenth of its stride-1 speed): kernel taps i = a + s*i'
+  only meet input rows s*t + a, so phase (a, b) of the padded input, correlated with dy at
+  stride 1, gives taps [a::s, b::s]. Same products, same count."""
+  result = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  if stride == 1:
+    return _onednn_call('facialnet_onednn_conv_backward_weights', result(w_shape), xb, dyb,
+                        stride=1, padding=padding)
+  k, _, cin, cout = w_shape
+  if cin < 16:
+    # Too few input channels for oneDNN's bf16 blocks (FacialNet's conv1 has one): XLA's
+    # float32 code took half the time (6 vs 12 ms at batch 128).
+    _, vjp = jax.vjp(lambda w32: conv_xla(xb.astype(jnp.float32), w32, stride, padding),
+                     jnp.zeros(w_shape, jnp.float32))
+    return vjp(dyb.astype(jnp.float32))[0]
+  n, h, wd, _ = xb.shape
+  _, oh, ow, _ = dyb.shape
+  # Rows and columns the windows reach: padding in front, padding or cropping behind.
+  need_h, need_w = (oh - 1) * stride + k, (ow - 1) * stride + k
+  xp = jnp.pad(xb, ((0, 0), (padding, max(0, need_h - h - padding)),
+                    (padding, max(0, need_w - wd - padding)), (0, 0)))
+  dw = jnp.zeros(w_shape, jnp.float32)
+  for a in range(min(stride, k)):
+    for b in range(min(stride, k)):
+      ka, kb = len(range(a, k, stride)), len(range(b, k, stride))
+      phase = lax.slice(xp, (0, a, b, 0), (n, a + stride * (oh + ka - 2) + 1,
+                                           b + stride * (ow + kb - 2) + 1, cin),
+                        (1, stride, stride, 1))
+      part = _onednn_call('facialnet_onednn_conv_backward_weights',
+                          result((ka, kb, cin, cout)), phase, dyb, stride=1, padding=0)
+      dw = dw.at[a::stride, b::stride].set(part)
+  return dw
+
+
+conv_onednn.defvjp(_onednn_fwd, _onednn_bwd)
+
+
+def conv2d(x, w, stride: int, padding: int, implementation: str = 'xla'):
+  """NHWC x HWIO convolution with symmetric padding, by the named implementation."""
+  k = w.shape[0]
+  if w.shape[0] != w.shape[1]:
+    raise ValueError(f'square kernels only, got {w.shape}')
+  if implementation == 'xla':
+    return conv_xla(x, w, stride, padding)
+  pointwise = k == 1 and stride == 1 and padding == 0
+  if implementation == 'fast':
+    return conv1x1(x, w) if pointwise else conv_xla(x, w, stride, padding)
+  if implementation == 'patches':
+    return conv1x1(x, w) if pointwise else conv_patches(x, w, k, stride, padding)
+  if implementation == 'onednn':
+    if onednn_build.available():
+      return conv_onednn(x, w, stride, padding)
+    return conv_xla(x, w.astype(x.dtype), stride, padding)
+  raise ValueError(f'unknown implementation {implementation!r}; expected one of {IMPLEMENTATIONS}')
+
+
+class Conv2D(nn.Module):
+  """Square-kernel 2-D convolution (NHWC), parameters laid out like `nn.Conv`.
+
+  Attributes:
+    features: output channels.
+    kernel_size: k for a k x k kernel.
+    stride: stride in both spatial dimensions.
+    padding: symmetric zero padding ((p, p), (p, p)).
+    implementation: one of `IMPLEMENTATIONS`; all give the same result.
+    dtype: dtype of the computation (inputs and kernel are cast to it);
+      parameters are always stored in float32.
+    kernel_init, bias_init: initialisers (He/Kaiming normal fan-in, zeros).
+  """
+  features: int
+  kernel_size: int
+  stride: int = 1
+  padding: int = 0
+  implementation: str = 'xla'
+  dtype: Any = jnp.float32
+  kernel_init: Callable = nn.initializers.variance_scaling(2.0, 'fan_in', 'truncated_normal')
+  bias_init: Callable = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x):
+    k = self.kernel_size
+    kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features),
+                        jnp.float32)
+    bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
+    x = x.astype(self.dtype)
+    # 'onednn' rounds the kernel itself and returns its gradient in float32.
+    w = kernel if self.implementation == 'onednn' else kernel.astype(self.dtype)
+    y = conv2d(x, w, self.stride, self.padding, self.implementation)
+    return y + bias.astype(self.dtype)
