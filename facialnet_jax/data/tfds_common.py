@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import os
 import pathlib
+import shutil
 import sys
 import tarfile
 import zipfile
@@ -637,6 +638,7 @@ class FaceDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     self._num_workers = num_workers
     self._original_state.update(skip_bad_records=skip_bad_records, num_workers=num_workers)
     self._drop_log: DropLog | None = None
+    self._manual_dir_given = None  # download_config.manual_dir of the build under way
     report_build_errors_in_one_line()
     quiet_build_command_line()
 
@@ -666,27 +668,28 @@ class FaceDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     return f'{line}; {summary}; {where} {self.data_path / "metadata.json"} (dropped_rows)'
 
   def download_and_prepare(self, *, download_dir=None, download_config=None, **kwargs):
-    # The raw files are checked before tfds creates any folder, so that a missing --manual_dir
-    # is one line and leaves nothing behind (tfds's own message is the whole download guide).
     if self.is_prepared():
       self._say_last(self.build_summary().replace(': ', ': already built, ', 1))
-    else:
-      config = download_config or tfds.download.DownloadConfig()
-      manual_dir = pathlib.Path(config.manual_dir or pathlib.Path(
-          download_dir or self.data_dir_root / 'downloads') / 'manual')
-      if not (manual_dir.is_dir() and any(manual_dir.iterdir())):
-        if not config.manual_dir:
-          problem = 'no --manual_dir was given'
-        else:
-          problem = f'{manual_dir} is {"empty" if manual_dir.is_dir() else "not a folder"}'
-        raise MissingSourceError(
-            f'{self.name} is built from files you download yourself and {problem}: pass '
-            f'{self.MANUAL_DIR_CONTENTS} as --manual_dir DIR (Python: download_config='
-            'tfds.download.DownloadConfig(manual_dir=DIR)); where to get them: README.md, '
-            'section Data.')
-      print(f'Building {self.name}/{self.builder_config.name} from {manual_dir} …', flush=True)
-    super().download_and_prepare(download_dir=download_dir, download_config=download_config,
-                                 **kwargs)
+      return super().download_and_prepare(download_dir=download_dir,
+                                          download_config=download_config, **kwargs)
+    config = download_config or tfds.download.DownloadConfig()
+    self._manual_dir_given = config.manual_dir
+    manual_dir = config.manual_dir or pathlib.Path(
+        download_dir or self.data_dir_root / 'downloads') / 'manual'
+    print(f'Building {self.name}/{self.builder_config.name} from {manual_dir} …', flush=True)
+    # Folders tfds makes before the raw files are looked at: a build stopped for want of them
+    # leaves none of those it made behind.
+    root = pathlib.Path(self.data_dir_root)
+    made_early = [root, root / 'downloads', root / self.name]
+    existed = {folder: folder.exists() for folder in made_early}
+    try:
+      super().download_and_prepare(download_dir=download_dir, download_config=download_config,
+                                   **kwargs)
+    except MissingSourceError:
+      for folder, was_there in existed.items():
+        if not was_there:
+          shutil.rmtree(folder, ignore_errors=True)
+      raise
 
   def _log_download_bytes(self) -> None:
     # tfds's 'Downloading and preparing dataset Unknown size …': nothing is downloaded here, and
@@ -710,7 +713,20 @@ class FaceDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
       print(line, flush=True)
 
   def _manual_dir(self, dl_manager: tfds.download.DownloadManager) -> pathlib.Path:
-    return pathlib.Path(dl_manager.manual_dir)
+    try:
+      return pathlib.Path(dl_manager.manual_dir)
+    except AssertionError:
+      # tfds's own message is the whole download guide, pointing at <data_dir>/downloads/manual.
+      given = self._manual_dir_given
+      if not given:
+        problem = 'no --manual_dir was given'
+      else:
+        problem = f'{given} is {"empty" if pathlib.Path(given).is_dir() else "not a folder"}'
+      raise MissingSourceError(
+          f'{self.name} is built from files you download yourself and {problem}: pass '
+          f'{self.MANUAL_DIR_CONTENTS} as --manual_dir DIR (Python: download_config='
+          'tfds.download.DownloadConfig(manual_dir=DIR)); where to get them: README.md, '
+          'section Data.') from None
 
   def _generate_examples(self, records):
     for record in records:
