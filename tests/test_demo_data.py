@@ -95,6 +95,15 @@ def test_command_line(tmp_path, capsys):
   assert len(list((tmp_path / 'faces').rglob('*.jpg'))) == 5
 
 
+def test_command_line_refuses_a_bad_count_in_one_line(tmp_path, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    demo_data.main([str(tmp_path / 'out'), '--num_subjects', '4'])
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+      'error: num_subjects must be at least 5 (one per fold).')
+  assert not (tmp_path / 'out').exists()
+
+
 @pytest.mark.slow
 def test_ensure_demo_dataset_builds_once(tmp_path):
   kwargs = dict(num_subjects=10, images_per_subject=3, image_size=48)

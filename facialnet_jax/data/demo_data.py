@@ -208,8 +208,11 @@ def main(argv=None) -> None:
   parser.add_argument('--image_size', type=int, default=DEFAULT_IMAGE_SIZE)
   parser.add_argument('--seed', type=int, default=DEFAULT_SEED)
   args = parser.parse_args(argv)
-  summary = write_demo_raw(args.out_dir, args.num_subjects, args.images_per_subject,
-                           args.image_size, args.seed)
+  try:
+    summary = write_demo_raw(args.out_dir, args.num_subjects, args.images_per_subject,
+                             args.image_size, args.seed)
+  except ValueError as error:  # a bad count or size: one line, exit status 2, like a bad flag
+    parser.error(str(error))
   print(f'Wrote {summary.num_images} SYNTHETIC faces of {summary.num_subjects} subjects to '
         f'{summary.out_dir} (rows per fold: {", ".join(map(str, summary.rows_per_fold))}).')
 
