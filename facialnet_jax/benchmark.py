@@ -1,7 +1,7 @@
 """Training and evaluation speed of the whole step (data feeding and augmentation included).
 
   python -m facialnet_jax.benchmark --batch_sizes=25,128 [--num_devices=1] [--dtype=float32]
-      [--conv_implementation=xla|onednn] [--pipeline=device] [--num_examples=15000] [--epochs=0]
+      [--conv_implementation=auto|xla|onednn|…] [--pipeline=device] [--num_examples=15000] [--epochs=0]
       [--output_json=bench.json]
 
 Numbers are medians over timed windows after a warm-up, measured on random images of the
@@ -34,7 +34,7 @@ from facialnet_jax.runtime.errors import UserError
 from facialnet_jax.training import base_config
 from facialnet_jax.training import device_data
 from facialnet_jax.training import models
-from facialnet_jax.training import onednn_build
+from facialnet_jax.training import conv
 from facialnet_jax.training import optim
 from facialnet_jax.training import steps
 from facialnet_jax.training import streaming
@@ -44,7 +44,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list('batch_sizes', ['25', '128'], 'Global batch sizes to measure.')
 flags.DEFINE_integer('num_devices', 0, 'Devices to use (0 = all that JAX sees).')
 flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
-flags.DEFINE_string('conv_implementation', 'xla', 'config.model.conv_implementation.')
+flags.DEFINE_enum('conv_implementation', base_config.get_base_config().model.conv_implementation,
+                  conv.IMPLEMENTATIONS, 'config.model.conv_implementation.')
 flags.DEFINE_enum('pipeline', 'device', ['device', 'streaming'], 'Input pipeline.')
 flags.DEFINE_integer('num_examples', 15_000, 'Size of the synthetic training split.')
 flags.DEFINE_integer('steps_per_dispatch', 0, 'Train steps per compiled call (0 = auto).')
@@ -164,9 +165,8 @@ def main(argv):
       'env': {k: os.environ.get(k, '') for k in ('XLA_FLAGS', 'GLIBC_TUNABLES')},
       'results': [],
   }
-  if FLAGS.conv_implementation == 'onednn':
-    # It falls back to 'xla' (one warning) where it cannot run: say which was measured.
-    report['onednn_used'] = onednn_build.available()
+  # 'auto' picks, and 'onednn' falls back to 'xla' where it cannot run: say which was measured.
+  report['conv_used'] = conv.resolve(FLAGS.conv_implementation, FLAGS.dtype)
   for batch_size in (int(b) for b in FLAGS.batch_sizes):
     logging.info('Measuring batch %d on %d %s device(s)...', batch_size, len(devices),
                  devices[0].platform)

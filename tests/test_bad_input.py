@@ -88,6 +88,9 @@ LAUNCH_CASES = [
      r'config.optimizer.momentum=1.0 must be in \[0, 1\)', 1),
     ('unknown schedule', (*SYNTHETIC, '--config.schedule.name=exponential'), 1,
      r"config.schedule.name='exponential' is not one of constant, piecewise, cosine, plateau", 1),
+    ('unknown convolution implementation', (*SYNTHETIC, '--config.model.conv_implementation=dnnl'),
+     1, r"config.model.conv_implementation='dnnl' is not one of auto, xla, fast, patches, onednn",
+     1),
     ('batch size that does not split across devices', (*SYNTHETIC, *tiny_flags(batch_size=25)),
      8, r'config.batch_size=25 does not split across the 8 devices of this run; use a multiple '
      r'of 8 \(for example --config.batch_size=24\)', 1),

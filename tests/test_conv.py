@@ -73,8 +73,10 @@ def reference(inputs):
   return _all_layers('xla')(inputs)
 
 
-# 'onednn' computes in bfloat16: checked within bfloat16's precision below.
-@pytest.mark.parametrize('impl', [i for i in C.IMPLEMENTATIONS if i not in ('xla', 'onednn')])
+# 'onednn' computes in bfloat16: checked within bfloat16's precision below; 'auto' is one of
+# the two ('auto' tests below).
+@pytest.mark.parametrize('impl', [i for i in C.IMPLEMENTATIONS
+                                  if i not in ('xla', 'onednn', 'auto')])
 def test_matches_xla(impl, inputs, reference):
   got = _all_layers(impl)(inputs)
   for (name, *_), want_l, got_l in zip(FACIALNET_CONVS, reference, got):
@@ -98,24 +100,55 @@ def test_onednn_matches_xla_in_bfloat16(inputs, reference):
       assert rel < 1e-2, f'onednn {name} {what}: relative error {rel:.2e}'
 
 
-def test_onednn_falls_back_to_xla_with_one_log_line(monkeypatch, caplog, inputs, reference):
+@pytest.fixture
+def onednn_missing(monkeypatch):
+  """oneDNN made unfindable for one test; the caches that remember the answer are reset."""
   def missing():
     raise onednn_build.Unavailable('oneDNN 3.x not found (test)')
   monkeypatch.setattr(onednn_build, 'find_onednn', missing)
   monkeypatch.setattr(onednn_build, '_registered', [])
-  onednn_build.available.cache_clear()
-  try:
-    with caplog.at_level(logging.WARNING):
-      got = _all_layers('onednn')(inputs)
-      _all_layers('onednn')(inputs)
-  finally:
-    onednn_build.available.cache_clear()
-  lines = [r.getMessage() for r in caplog.records if 'onednn' in r.getMessage()]
-  assert lines == ["conv_implementation='onednn' unavailable (oneDNN 3.x not found (test)); "
-                   "using 'xla' convolutions."]
+  caches = (onednn_build.available, onednn_build.unavailable_reason)
+  for cache in caches:
+    cache.cache_clear()
+  yield
+  for cache in caches:
+    cache.cache_clear()
+
+
+@pytest.mark.parametrize('requested, level', [('onednn', logging.WARNING), ('auto', logging.INFO)])
+def test_onednn_falls_back_to_xla_with_one_log_line(onednn_missing, caplog, inputs, reference,
+                                                    requested, level):
+  with caplog.at_level(logging.INFO):
+    got = _all_layers(requested)(inputs)
+    _all_layers(requested)(inputs)
+  lines = [(r.levelno, r.getMessage()) for r in caplog.records if 'onednn' in r.getMessage().lower()]
+  assert lines == [(level, f"conv_implementation='{requested}': oneDNN's bfloat16 convolutions "
+                           "are unavailable (oneDNN 3.x not found (test)); using 'xla' "
+                           "convolutions.")]
   for want_l, got_l in zip(reference, got):
     for want, g in zip(want_l, got_l):
       np.testing.assert_array_equal(g, want)
+
+
+def test_auto_is_onednn_for_a_float32_model_on_one_cpu_device():
+  if not onednn_build.available():
+    pytest.skip('oneDNN convolutions unavailable here (the warning says why)')
+  assert jax.device_count() == 1
+  assert C.resolve('auto', jnp.float32) == 'onednn'
+  # XLA:CPU's bfloat16 element-wise code is slow: a bfloat16 model keeps today's path.
+  assert C.resolve('auto', jnp.bfloat16) == 'xla'
+  for named in ('xla', 'fast', 'patches', 'onednn'):
+    assert C.resolve(named, jnp.float32) == named
+
+
+def test_auto_leaves_gpus_and_several_devices_on_xla_without_a_word(monkeypatch, caplog):
+  with caplog.at_level(logging.INFO):
+    monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+    assert C.resolve('auto', jnp.float32) == 'xla'
+    monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')
+    monkeypatch.setattr(jax, 'device_count', lambda: 2)
+    assert C.resolve('auto', jnp.float32) == 'xla'
+  assert not caplog.records
 
 
 def test_xla_matches_flax_conv(inputs):

@@ -4,6 +4,7 @@ import os
 
 from facialnet_jax.data import folds
 from facialnet_jax.runtime.errors import UserError
+from facialnet_jax.training import conv
 from facialnet_jax.training import losses
 from facialnet_jax.training import optim
 
@@ -19,6 +20,7 @@ _CHOICES = {
     'data.pipeline': ('device', 'streaming'),
     'data.source': ('tfds', 'synthetic'),
     'model.dtype': ('float32', 'bfloat16'),
+    'model.conv_implementation': conv.IMPLEMENTATIONS,
     'schedule.name': optim.SCHEDULES,
     'checkpoint.best_metric': ('gender_accuracy', 'age_accuracy', 'age_one_off_accuracy'),
     'loss.age_loss': losses.AGE_LOSSES,

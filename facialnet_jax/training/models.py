@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from facialnet_jax.data import age_groups
+from facialnet_jax.training import conv
 
 # The paper's layer table: (name, features, kernel, stride, padding). ReLU follows every conv.
 BACKBONE_LAYERS = (
@@ -28,11 +29,11 @@ he_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'truncated_normal')
 def _conv_layer(implementation: str, features: int, kernel: int, stride: int, padding: int,
                 dtype: Any, name: str) -> nn.Module:
   """One conv layer; every implementation stores the same `kernel` (HWIO) and `bias` params."""
+  implementation = conv.resolve(implementation, dtype)
   if implementation == 'xla':
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                    padding=((padding, padding), (padding, padding)), dtype=dtype,
                    kernel_init=he_normal, name=name)
-  from facialnet_jax.training import conv  # pylint: disable=import-outside-toplevel
   return conv.Conv2D(features=features, kernel_size=kernel, stride=stride, padding=padding,
                      implementation=implementation, dtype=dtype, kernel_init=he_normal,
                      name=name)

@@ -122,11 +122,22 @@ def _load() -> None:
 
 
 @functools.cache
-def available() -> bool:
-  """True once the library is built, loaded and registered; else logs why, once, and is False."""
+def unavailable_reason() -> str:
+  """'' once the library is built, loaded and registered here; else why it cannot be (one line)."""
   try:
     _load()
   except Unavailable as e:
-    logging.warning("conv_implementation='onednn' unavailable (%s); using 'xla' convolutions.", e)
-    return False
-  return True
+    return str(e)
+  return ''
+
+
+@functools.cache
+def available(requested: str = 'onednn') -> bool:
+  """Whether the oneDNN convolutions run here; if not, logs why once: a warning when they were
+  asked for by name, an info line when `conv_implementation='auto'` chose them."""
+  reason = unavailable_reason()
+  if reason:
+    log = logging.warning if requested == 'onednn' else logging.info
+    log("conv_implementation=%r: oneDNN's bfloat16 convolutions are unavailable (%s); using "
+        "'xla' convolutions.", requested, reason)
+  return not reason
