@@ -166,7 +166,7 @@ def main(argv):
       'results': [],
   }
   # 'auto' picks, and 'onednn' falls back to 'xla' where it cannot run: say which was measured.
-  report['conv_used'] = conv.resolve(FLAGS.conv_implementation, FLAGS.dtype)
+  report['conv_used'] = conv.resolve(FLAGS.conv_implementation)
   for batch_size in (int(b) for b in FLAGS.batch_sizes):
     logging.info('Measuring batch %d on %d %s device(s)...', batch_size, len(devices),
                  devices[0].platform)

@@ -5,8 +5,8 @@ parameters a run evaluates with and its preprocessing: FacialNet is eight convol
 max-pool and two small dense heads, all standard ONNX operators. jax2onnx, the tracing
 exporter, pins orbax-checkpoint below 0.11.37 and cannot be installed beside this project's
 orbax (see README "Export to ONNX"). Every conv_implementation stores the same parameters, so
-any float32 run exports; one trained with 'onednn' (bfloat16 convolutions) becomes its float32
-network, whose probabilities differ from its own JAX ones by bfloat16 rounding (about 1e-2).
+any float32 run exports; one trained with 'onednn' (bfloat16 convolutions: what 'auto', the
+default, picks on a CPU with AVX512-BF16) becomes its float32 network, whose probabilities differ from its own JAX ones by bfloat16 rounding (about 1e-2).
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.dtype = 'float32'  # or 'bfloat16' compute (parameters stay float32)
   config.model.batch_norm = False  # the paper has none
-  config.model.conv_implementation = 'xla'
+  # 'auto': oneDNN bfloat16 convolutions on a CPU with AVX512-BF16 (~2x faster steps), else
+  # 'xla' (always on a GPU); training/conv.py lists them all.
+  config.model.conv_implementation = 'auto'
   config.model.input_size = 75  # the paper's 75×75 input; stored images may be larger
   config.model.pixel_mean = 0.5
   config.model.pixel_std = 0.25

@@ -36,18 +36,18 @@ Implementations (all compute the same function; see ``tests/test_conv.py``):
     back in float32. XLA:CPU's own convolutions never use the bf16 instructions.
     Stride-2 kernel gradients are computed as four stride-1 ones (see
     `_onednn_kernel_grad`): oneDNN 3.2's bf16 code for strided ones is slow. The library is compiled on
-    first use (``facialnet_jax/training/onednn_build.py``, needs the ``onednn`` extra and
-    a C++ compiler); where that is impossible (no compiler or oneDNN, no
+    first use (``facialnet_jax/training/onednn_build.py``, needs oneDNN 3.x, a dependency
+    on Linux x86-64, and a C++ compiler); where that is impossible (no compiler or oneDNN, no
     AVX512-BF16, not a CPU backend) the layer logs one line and computes 'xla'.
 
 ``'auto'`` (the default)
-    'onednn' where it wins, 'xla' everywhere else (`resolve`). It wins for a
-    float32 model on a single CPU device whose processor has AVX512-BF16: there the
-    whole training step runs ~2x faster (README "bfloat16 convolutions through
-    oneDNN"). On a GPU it is 'xla' with nothing logged, so the GPU path is unchanged;
-    a bfloat16 model stays on 'xla' (XLA:CPU's bfloat16 element-wise code is slow);
-    several devices stay on 'xla' (XLA would gather the batch onto each device
-    around every FFI call); a CPU where oneDNN cannot run logs one info line.
+    'onednn' where it wins, 'xla' everywhere else (`resolve`). It wins on a
+    single CPU device whose processor has AVX512-BF16: there the whole training
+    step runs ~2x faster for a float32 model and ~1.5x for a bfloat16 one (README
+    "bfloat16 convolutions through oneDNN"). On a GPU it is 'xla' with nothing
+    logged, so the GPU path is unchanged; several devices stay on 'xla' (XLA
+    would gather the batch onto each device around every FFI call); a CPU where
+    oneDNN cannot run logs one info line.
 """
 from __future__ import annotations
 
@@ -66,12 +66,11 @@ from facialnet_jax.training import onednn_build
 IMPLEMENTATIONS = ('auto', 'xla', 'fast', 'patches', 'onednn')
 
 
-def resolve(implementation: str, dtype: Any = jnp.float32) -> str:
-  """The implementation a layer computing in `dtype` runs: 'auto' becomes 'onednn' or 'xla'."""
+def resolve(implementation: str) -> str:
+  """The implementation a layer runs: 'auto' becomes 'onednn' or 'xla'; the others stay."""
   if implementation != 'auto':
     return implementation
-  if (jax.default_backend() != 'cpu' or jax.device_count() != 1
-      or jnp.dtype(dtype) != jnp.float32):
+  if jax.default_backend() != 'cpu' or jax.device_count() != 1:
     return 'xla'
   if not onednn_build.available('auto'):
     return 'xla'
@@ -258,7 +257,7 @@ def conv2d(x, w, stride: int, padding: int, implementation: str = 'xla'):
   k = w.shape[0]
   if w.shape[0] != w.shape[1]:
     raise ValueError(f'square kernels only, got {w.shape}')
-  implementation = resolve(implementation, x.dtype)
+  implementation = resolve(implementation)
   if implementation == 'xla':
     return conv_xla(x, w, stride, padding)
   pointwise = k == 1 and stride == 1 and padding == 0
@@ -302,7 +301,7 @@ class Conv2D(nn.Module):
                         jnp.float32)
     bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
     x = x.astype(self.dtype)
-    implementation = resolve(self.implementation, self.dtype)
+    implementation = resolve(self.implementation)
     # 'onednn' rounds the kernel itself and returns its gradient in float32.
     w = kernel if implementation == 'onednn' else kernel.astype(self.dtype)
     y = conv2d(x, w, self.stride, self.padding, implementation)

@@ -29,7 +29,7 @@ he_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'truncated_normal')
 def _conv_layer(implementation: str, features: int, kernel: int, stride: int, padding: int,
                 dtype: Any, name: str) -> nn.Module:
   """One conv layer; every implementation stores the same `kernel` (HWIO) and `bias` params."""
-  implementation = conv.resolve(implementation, dtype)
+  implementation = conv.resolve(implementation)
   if implementation == 'xla':
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                    padding=((padding, padding), (padding, padding)), dtype=dtype,
@@ -43,7 +43,7 @@ class Backbone(nn.Module):
   """conv1…conv8 with ReLU, then one 3×3/2 max-pool: 75×75×C → 2×2×512 → 2048 features."""
   dtype: Any = jnp.float32
   batch_norm: bool = False
-  conv_implementation: str = 'xla'
+  conv_implementation: str = 'auto'
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool) -> jax.Array:
@@ -82,7 +82,7 @@ class FacialNet(nn.Module):
   """Backbone shared by a gender head (dropout 0.5/0.3) and an age-group head (dropout 0.4/0.2)."""
   dtype: Any = jnp.float32
   batch_norm: bool = False
-  conv_implementation: str = 'xla'
+  conv_implementation: str = 'auto'
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:

@@ -25,8 +25,8 @@ TARGETS = {
     'facialnet_onednn_conv_backward_weights': 'FacialnetOnednnConvBackwardWeights',
 }
 # Where to look for oneDNN 3.x (include/oneapi/dnnl/dnnl.hpp and lib*/libdnnl.so): the
-# variable, then this environment's prefix (the `onednn` extra of pyproject.toml installs
-# there), then the system.
+# variable, then this environment's prefix (pyproject.toml's onednn-*-cpu-gomp dependencies
+# install there), then the system.
 ROOT_VARIABLE = 'FACIALNET_ONEDNN_ROOT'
 CACHE_VARIABLE = 'FACIALNET_ONEDNN_CACHE'
 
@@ -58,7 +58,8 @@ def find_onednn() -> OneDNN:
     for lib in ('lib', 'lib64', f'lib/{platform.machine()}-linux-gnu'):
       if os.path.exists(os.path.join(root, lib, 'libdnnl.so')):
         return OneDNN(os.path.join(root, 'include'), os.path.join(root, lib), version)
-  raise Unavailable(old or "oneDNN 3.x not found (pip install 'facialnet-jax[onednn]')")
+  raise Unavailable(old or "oneDNN 3.x not found (pip install 'onednn-cpu-gomp<2024' "
+                    "'onednn-devel-cpu-gomp<2024')")
 
 
 def cache_dir() -> str:
