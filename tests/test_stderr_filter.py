@@ -2,6 +2,7 @@
 other line (real tracebacks included) passes through unchanged."""
 
 import io
+import threading
 
 from facialnet_jax.runtime import logging_setup
 
@@ -27,3 +28,35 @@ def test_harmless_tracebacks_go_to_the_details_file_and_the_rest_passes(tmp_path
     logging_setup.keep_details_in(None)
   assert out.getvalue() == 'a line\n' + REAL + 'progress 10%'
   assert details.read_text() == HARMLESS
+
+
+def test_tracebacks_that_two_threads_print_at_once_are_each_recognised(tmp_path):
+  """The CI failure of 2026-12-05: two tensorstore threads printed 'Event loop is closed'
+  tracebacks at the same moment, their lines interleaved, and both reached the terminal."""
+  details = tmp_path / 'errors.log'
+  logging_setup.keep_details_in(str(details))
+  out = io.StringIO()
+  stream = logging_setup._StderrWithoutHarmlessTracebacks(out)  # pylint: disable=protected-access
+  texts = {'first': HARMLESS, 'second': HARMLESS, 'real': REAL}
+  rounds = max(text.count('\n') for text in texts.values())
+  turn = threading.Barrier(len(texts))
+
+  def print_lines(name):  # one line per round, all together, as the threads did
+    lines = texts[name].splitlines(keepends=True)
+    for line in lines + [''] * (rounds - len(lines)):
+      turn.wait()
+      if line:
+        stream.write(line)
+
+  try:
+    threads = [threading.Thread(target=print_lines, args=(name,)) for name in ('first', 'second')]
+    for thread in threads:
+      thread.start()
+    print_lines('real')  # the main thread prints a real traceback in between
+    for thread in threads:
+      thread.join()
+    stream.flush()
+  finally:
+    logging_setup.keep_details_in(None)
+  assert out.getvalue() == REAL
+  assert details.read_text() == HARMLESS + HARMLESS

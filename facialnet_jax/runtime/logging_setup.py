@@ -107,47 +107,52 @@ _HARMLESS_TRACEBACKS = ('RuntimeError: Event loop is closed',)
 
 class _StderrWithoutHarmlessTracebacks:
   """sys.stderr, with whole traceback blocks ending in _HARMLESS_TRACEBACKS sent to the details
-  file instead; every other line passes through unchanged, and at once."""
+  file instead; every other line passes through unchanged, and at once. Lines are assembled per
+  writing thread: two threads that print tracebacks at the same moment interleave their lines."""
 
   def __init__(self, stream):
     self._stream = stream
     self._lock = threading.Lock()
-    self._partial = ''
-    self._block: list[str] | None = None
+    self._partial: dict[int, str] = {}  # per thread: text after its last newline
+    self._block: dict[int, list[str]] = {}  # per thread: the traceback it is printing
 
   def write(self, text: str) -> int:
+    thread = threading.get_ident()
     with self._lock:
-      self._partial += text
-      *lines, self._partial = self._partial.split('\n')
+      partial = self._partial.pop(thread, '') + text
+      *lines, partial = partial.split('\n')
       for line in lines:
-        self._line(line + '\n')
-      if self._partial and self._block is None and not self._partial.startswith('Traceback'):
-        self._stream.write(self._partial)  # a prompt or progress text without a newline
-        self._partial = ''
+        self._line(thread, line + '\n')
+      if partial and thread not in self._block and not partial.startswith('Traceback'):
+        self._stream.write(partial)  # a prompt or progress text without a newline
+        partial = ''
+      if partial:
+        self._partial[thread] = partial
     return len(text)
 
-  def _line(self, line: str) -> None:
-    if self._block is None:
+  def _line(self, thread: int, line: str) -> None:
+    block = self._block.get(thread)
+    if block is None:
       if line.startswith('Traceback (most recent call last):'):
-        self._block = [line]
+        self._block[thread] = [line]
       else:
         self._stream.write(line)
       return
-    self._block.append(line)
+    block.append(line)
     if line[:1] not in (' ', '\t'):  # the exception's own line ends the block
-      block, self._block = ''.join(self._block), None
+      del self._block[thread]
       if line.strip() in _HARMLESS_TRACEBACKS:
-        _append_details(block.rstrip('\n'))
+        _append_details(''.join(block).rstrip('\n'))
       else:
-        self._stream.write(block)
+        self._stream.write(''.join(block))
 
   def flush(self) -> None:
     with self._lock:
-      if self._block:
-        self._stream.write(''.join(self._block))
-        self._block = None
-      self._stream.write(self._partial)
-      self._partial = ''
+      for block in self._block.values():
+        self._stream.write(''.join(block))
+      self._stream.write(''.join(self._partial.values()))
+      self._block.clear()
+      self._partial.clear()
       self._stream.flush()
 
   def __getattr__(self, name):
