@@ -130,9 +130,10 @@ def jax_worker(args):
     @nn.compact
     def __call__(self, x, train):
       for name, f, k, s, p in LAYERS:
-        x = nn.relu(Conv2D(f, k, s, p, implementation=args.impl, name=name)(x))
+        # ReLU inside the layer: 'onednn' fuses it (and the bias) into the convolution.
+        x = Conv2D(f, k, s, p, implementation=args.impl, relu=True, name=name)(x)
       x = nn.max_pool(x, (3, 3), (2, 2))
-      x = x.reshape(x.shape[0], -1)
+      x = x.reshape(x.shape[0], -1).astype(jnp.float32)
       outs = []
       for head, n_out, d1, d2 in HEADS:
         h = nn.Dropout(d1, deterministic=not train)(nn.relu(nn.Dense(512, name=f'{head}_fc1')(x)))

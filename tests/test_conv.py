@@ -46,9 +46,10 @@ def _inputs():
   return out
 
 
-def _all_layers(impl):
+def _all_layers(impl, relu=False):
   """Jitted: for every layer, (y, dx, dkernel, dbias) of <y, cotangent>."""
-  mods = [C.Conv2D(f, k, s, p, implementation=impl) for _, _, _, f, k, s, p in FACIALNET_CONVS]
+  mods = [C.Conv2D(f, k, s, p, implementation=impl, relu=relu)
+          for _, _, _, f, k, s, p in FACIALNET_CONVS]
 
   @jax.jit
   def run(inputs):
@@ -87,17 +88,37 @@ def test_matches_xla(impl, inputs, reference):
       assert err <= 1e-5 * scale + 1e-6, f'{impl} {name} {what}: max err {err} (scale {scale})'
 
 
+def _assert_close_in_bfloat16(label, reference, got, y_dtype=None):
+  for (name, *_), want_l, got_l in zip(FACIALNET_CONVS, reference, got):
+    for what, want, g in zip(('y', 'dx', 'dkernel', 'dbias'), want_l, got_l):
+      dtype = y_dtype if what == 'y' and y_dtype else want.dtype
+      assert g.shape == want.shape and g.dtype == dtype, (name, what, g.dtype)
+      # bfloat16 keeps 8 significant bits (relative rounding 2^-9 = 0.2%); summed over
+      # hundreds of products with float32 accumulation the error stays near that.
+      rel = float(jnp.linalg.norm(g.astype(jnp.float32) - want) / jnp.linalg.norm(want))
+      assert rel < 1e-2, f'{label} {name} {what}: relative error {rel:.2e}'
+
+
 def test_onednn_matches_xla_in_bfloat16(inputs, reference):
   if not onednn_build.available():
     pytest.skip('oneDNN convolutions unavailable here (the warning says why)')
-  got = _all_layers('onednn')(inputs)
-  for (name, *_), want_l, got_l in zip(FACIALNET_CONVS, reference, got):
-    for what, want, g in zip(('y', 'dx', 'dkernel', 'dbias'), want_l, got_l):
-      assert g.shape == want.shape and g.dtype == want.dtype, (name, what)
-      # bfloat16 keeps 8 significant bits (relative rounding 2^-9 = 0.2%); summed over
-      # hundreds of products with float32 accumulation the error stays near that.
-      rel = float(jnp.linalg.norm(g - want) / jnp.linalg.norm(want))
-      assert rel < 1e-2, f'onednn {name} {what}: relative error {rel:.2e}'
+  _assert_close_in_bfloat16('onednn', reference, _all_layers('onednn')(inputs))
+
+
+def test_onednn_with_bias_and_relu_fused_matches_xla_in_bfloat16(inputs, reference):
+  """FacialNet's layers with oneDNN: bias and ReLU inside the convolution call, bfloat16 out;
+  the gradients (through ReLU's mask) still reach x, the kernel and the bias."""
+  if not onednn_build.available():
+    pytest.skip('oneDNN convolutions unavailable here (the warning says why)')
+  # Where the pre-activation is within bfloat16 rounding of zero, the two may fall on different
+  # sides of ReLU; the cotangent is zero there so that the gradients compare the rest.
+  inputs = [(x, params, np.where(np.abs(y) > 0.01 * np.abs(y).max(), cot, 0).astype(np.float32))
+            for (x, params, cot), (y, *_) in zip(inputs, reference)]
+  reference = _all_layers('xla', relu=True)(inputs)
+  got = _all_layers('onednn', relu=True)(inputs)
+  _assert_close_in_bfloat16('onednn+relu', reference, got, y_dtype=jnp.bfloat16)
+  for want_l in reference:  # ReLU cut some of each layer's outputs and gradients
+    assert 0 < float(jnp.mean(want_l[0] > 0)) < 1
 
 
 @pytest.fixture

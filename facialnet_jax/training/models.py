@@ -27,8 +27,9 @@ he_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'truncated_normal')
 
 
 def _conv_layer(implementation: str, features: int, kernel: int, stride: int, padding: int,
-                dtype: Any, name: str) -> nn.Module:
-  """One conv layer; every implementation stores the same `kernel` (HWIO) and `bias` params."""
+                dtype: Any, name: str, relu: bool = False) -> nn.Module:
+  """One conv layer (with ReLU when `relu`, 'onednn' only); every implementation stores the
+  same `kernel` (HWIO) and `bias` params."""
   implementation = conv.resolve(implementation)
   if implementation == 'xla':
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
@@ -36,7 +37,7 @@ def _conv_layer(implementation: str, features: int, kernel: int, stride: int, pa
                    kernel_init=he_normal, name=name)
   return conv.Conv2D(features=features, kernel_size=kernel, stride=stride, padding=padding,
                      implementation=implementation, dtype=dtype, kernel_init=he_normal,
-                     name=name)
+                     relu=relu, name=name)
 
 
 class Backbone(nn.Module):
@@ -48,15 +49,19 @@ class Backbone(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, train: bool) -> jax.Array:
     x = images.astype(self.dtype)
+    # With oneDNN and no BatchNorm, convolution, bias and ReLU are one oneDNN call, and the
+    # activations between layers bfloat16.
+    fused_relu = conv.resolve(self.conv_implementation) == 'onednn' and not self.batch_norm
     for name, features, kernel, stride, padding in BACKBONE_LAYERS:
       x = _conv_layer(self.conv_implementation, features, kernel, stride, padding,
-                      self.dtype, name)(x)
+                      self.dtype, name, relu=fused_relu)(x)
       if self.batch_norm:
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
                          name=f'{name}_bn')(x)
-      x = nn.relu(x)
+      if not fused_relu:
+        x = nn.relu(x)
     x = nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding='VALID')
-    return x.reshape((x.shape[0], -1))
+    return x.reshape((x.shape[0], -1)).astype(self.dtype)
 
 
 class Head(nn.Module):

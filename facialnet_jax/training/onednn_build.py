@@ -21,6 +21,7 @@ SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', 'onedn
 # FFI target names (registered for the CPU platform only) -> symbols in the library.
 TARGETS = {
     'facialnet_onednn_conv_forward': 'FacialnetOnednnConvForward',
+    'facialnet_onednn_conv_bias_relu_forward': 'FacialnetOnednnConvBiasReluForward',
     'facialnet_onednn_conv_backward_data': 'FacialnetOnednnConvBackwardData',
     'facialnet_onednn_conv_backward_weights': 'FacialnetOnednnConvBackwardWeights',
 }

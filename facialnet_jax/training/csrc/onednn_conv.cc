@@ -1,4 +1,6 @@
 // oneDNN bfloat16 convolutions (forward, input gradient, kernel gradient) as XLA FFI handlers.
+// The forward convolution also comes with the layer's bias and ReLU fused in (one pass over
+// the output instead of three in XLA: see conv.py's conv_bias_relu_onednn).
 //
 // Layouts are JAX's: activations NHWC, kernels HWIO. Activations and kernels are bfloat16;
 // oneDNN accumulates in float32; the kernel gradient is returned in float32 (parameters are
@@ -8,6 +10,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -20,7 +23,7 @@ using dt = dnnl::memory::data_type;
 
 namespace {
 
-enum Kind { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
+enum Kind { kForward = 0, kBackwardData = 1, kBackwardWeights = 2, kForwardBiasRelu = 3 };
 
 // One convolution problem: batch, input size, channels, kernel size, stride, padding.
 // Kernels may be non-square: conv.py splits stride-2 kernel gradients into stride-1 ones
@@ -83,7 +86,19 @@ Prepared& Prepare(const Shape& sh, int kind) {
   auto fwd_pd = dnnl::convolution_forward::primitive_desc(
       eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src,
       memory::desc(wdims, dt::bf16, tag::any), dst, strides, pl, pr, attr);
-  if (kind == kForward) {
+  if (kind == kForwardBiasRelu) {
+    // Float32 bias added to the float32 accumulator, then ReLU, then one rounding to bf16.
+    dnnl::post_ops ops;
+    ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+    dnnl::primitive_attr fused;
+    fused.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    fused.set_post_ops(ops);
+    fwd_pd = dnnl::convolution_forward::primitive_desc(
+        eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src,
+        memory::desc(wdims, dt::bf16, tag::any), memory::desc({sh.o}, dt::f32, tag::x), dst,
+        strides, pl, pr, fused);
+  }
+  if (kind == kForward || kind == kForwardBiasRelu) {
     out.conv = dnnl::convolution_forward(fwd_pd);
     out.wei_conv = fwd_pd.weights_desc();
     out.scratch_bytes = fwd_pd.scratchpad_desc().get_size();
@@ -128,8 +143,9 @@ void* Grow(std::vector<uint8_t>& v, size_t bytes) {
   return v.data();
 }
 
-// Runs `kind` with the kernel-side buffer `wei` (HWIO) and the two activation-side buffers.
-ffi::Error Run(const Shape& sh, int kind, void* src, void* wei, void* dst) {
+// Runs `kind` with the kernel-side buffer `wei` (HWIO), the two activation-side buffers and,
+// for kForwardBiasRelu, the float32 bias.
+ffi::Error Run(const Shape& sh, int kind, void* src, void* wei, void* dst, void* bias = nullptr) {
   if (sh.n == 0) return ffi::Error::Success();
   try {
     std::lock_guard<std::mutex> lock(g_mu);
@@ -144,10 +160,12 @@ ffi::Error Run(const Shape& sh, int kind, void* src, void* wei, void* dst) {
                    Grow(g_scratch, pr.scratch_bytes));
     memory src_m(Act(sh.n, sh.c, sh.h, sh.w, dt::bf16), eng, src);
     memory dst_m(Act(sh.n, sh.o, sh.oh(), sh.ow(), dt::bf16), eng, dst);
-    if (kind == kForward) {
+    if (kind == kForward || kind == kForwardBiasRelu) {
       if (pr.needs_reorder) pr.wei_reorder.execute(strm, wei_user, wei_conv);
-      pr.conv.execute(strm, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_conv},
-                             {DNNL_ARG_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
+      std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_conv},
+                                              {DNNL_ARG_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}};
+      if (bias) args.emplace(DNNL_ARG_BIAS, memory(memory::desc({sh.o}, dt::f32, tag::x), eng, bias));
+      pr.conv.execute(strm, args);
     } else if (kind == kBackwardData) {
       if (pr.needs_reorder) pr.wei_reorder.execute(strm, wei_user, wei_conv);
       pr.conv.execute(strm, {{DNNL_ARG_DIFF_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_conv},
@@ -185,6 +203,14 @@ ffi::Error Forward(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w,
   return Run(sh, kForward, x.untyped_data(), w.untyped_data(), y->untyped_data());
 }
 
+ffi::Error ForwardBiasRelu(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w,
+                           ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::BF16> y,
+                           int64_t stride, int64_t padding) {
+  Shape sh = FromDims(x.dimensions(), w.dimensions(), stride, padding);
+  return Run(sh, kForwardBiasRelu, x.untyped_data(), w.untyped_data(), y->untyped_data(),
+             b.untyped_data());
+}
+
 ffi::Error BackwardData(ffi::Buffer<ffi::BF16> dy, ffi::Buffer<ffi::BF16> w,
                         ffi::ResultBuffer<ffi::BF16> dx, int64_t stride, int64_t padding) {
   Shape sh = FromDims(dx->dimensions(), w.dimensions(), stride, padding);
@@ -213,6 +239,14 @@ ffi::Error BackwardWeights(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> dy,
 FACIALNET_CONV_HANDLER(FacialnetOnednnConvForward, Forward, ffi::BF16);
 FACIALNET_CONV_HANDLER(FacialnetOnednnConvBackwardData, BackwardData, ffi::BF16);
 FACIALNET_CONV_HANDLER(FacialnetOnednnConvBackwardWeights, BackwardWeights, ffi::F32);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FacialnetOnednnConvBiasReluForward, ForwardBiasRelu,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::BF16>>()
+                                  .Attr<int64_t>("stride")
+                                  .Attr<int64_t>("padding"));
 
 // Lets Python check, before registering anything, that this machine has the bf16 instructions
 // oneDNN would use (else its bf16 convolutions fall back to slow reference code).
