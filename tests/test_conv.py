@@ -121,6 +121,34 @@ def test_onednn_with_bias_and_relu_fused_matches_xla_in_bfloat16(inputs, referen
     assert 0 < float(jnp.mean(want_l[0] > 0)) < 1
 
 
+# Strided shapes (input size, in, out channels, kernel, stride, padding): FacialNet's conv3, conv6
+# and conv7, and one whose last input row no window reaches (cropped).
+STRIDED_KERNEL_GRADS = [(38, 64, 128, 3, 2, 1), (19, 128, 256, 3, 2, 0), (9, 256, 512, 3, 2, 1),
+                        (20, 16, 32, 3, 2, 0)]
+
+
+@pytest.mark.parametrize('route', ['phases', 'as_forward'])
+@pytest.mark.parametrize('h, cin, cout, k, s, p', STRIDED_KERNEL_GRADS)
+def test_onednn_strided_kernel_gradient_routes_match_xla(route, h, cin, cout, k, s, p):
+  """Both ways of computing a strided kernel gradient (`_onednn_kernel_grad` picks one per
+  shape) give lax.conv's, from the same bfloat16 operands with float32 accumulation."""
+  if not onednn_build.available():
+    pytest.skip('oneDNN convolutions unavailable here (the warning says why)')
+  rng = np.random.default_rng(1)
+  o = C.out_size(h, k, s, p)
+  xb = jnp.asarray(rng.standard_normal((3, h, h, cin)), jnp.bfloat16)
+  dyb = jnp.asarray(rng.standard_normal((3, o, o, cout)), jnp.bfloat16)
+  _, vjp = jax.vjp(lambda w: C.conv_xla(xb.astype(jnp.float32), w, s, p),
+                   jnp.zeros((k, k, cin, cout), jnp.float32))
+  want = vjp(dyb.astype(jnp.float32))[0]
+  fn = getattr(C, f'_onednn_kernel_grad_{route}')
+  got = jax.jit(fn, static_argnums=(2, 3, 4))(xb, dyb, (k, k, cin, cout), s, p)
+  assert got.shape == want.shape and got.dtype == jnp.float32
+  # Same bfloat16 products, float32 sums in another order: rounding-level differences only.
+  rel = float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want))
+  assert rel < 1e-5, f'{route} {(h, cin, cout, k, s, p)}: relative error {rel:.2e}'
+
+
 @pytest.fixture
 def onednn_missing(monkeypatch):
   """oneDNN made unfindable for one test; the caches that remember the answer are reset."""

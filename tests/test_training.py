@@ -51,7 +51,10 @@ def _stripes(num_examples: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def test_loss_falls_well_below_chance_within_a_few_dozen_steps():
-  config = tiny_config(**{'optimizer.learning_rate': 3e-3, 'augment.enabled': False})
+  # At 3e-3 batch-8 Adam sometimes spikes near step 40 (measured: loss 1.29 -> 2.63 for one
+  # rounding order of the convolutions, not for two others); at 2e-3 every route and seed
+  # tried (0-3) ended at 0.6-1.3 after 50 steps, far below the bound.
+  config = tiny_config(**{'optimizer.learning_rate': 2e-3, 'augment.enabled': False})
   mesh = sharding.create_mesh()
   model = models.create_model(config.model)
   tx = optim.create_optimizer(config, steps_per_epoch=12)
@@ -59,7 +62,7 @@ def test_loss_falls_well_below_chance_within_a_few_dozen_steps():
   feed = device_data.DeviceTrainFeed(steps.make_train_step(model, tx, config), _stripes(96),
                                      config.batch_size, config.seed, mesh, steps_per_call=1)
   losses = []
-  for _ in range(8):
+  for _ in range(10):
     state, chunk = feed.run(state, 5)
     losses.append(float(jax.device_get(chunk).compute()['loss']))
   assert losses[0] == pytest.approx(CHANCE_LOSS, rel=0.1)  # zero-initialised classifiers

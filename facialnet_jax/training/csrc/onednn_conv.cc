@@ -5,6 +5,7 @@
 // Layouts are JAX's: activations NHWC, kernels HWIO. Activations and kernels are bfloat16;
 // oneDNN accumulates in float32; the kernel gradient is returned in float32 (parameters are
 // float32). Built by facialnet_jax/onednn_build.py on first use; see facialnet_jax/conv.py.
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -192,6 +193,86 @@ ffi::Error Run(const Shape& sh, int kind, void* src, void* wei, void* dst, void*
   return ffi::Error::Success();
 }
 
+// The kernel gradient of a strided convolution as a forward convolution, whose code (brgemm)
+// is several times faster in oneDNN 3.2 than its strided kernel-gradient code:
+//   dW[o, c, i, j] = sum_{n, t, u} X[n, c, s*t + i - p, s*u + j - p] * dY[n, o, t, u]
+// is a convolution whose batch is c, whose input channels are n, whose kernel is dY (o, n, t, u)
+// dilated by s - 1, and whose output is the k x k kernel. JAX's NHWC buffers are read as
+// strided views; oneDNN reorders them into the layouts it prefers.
+struct PreparedAsForward {
+  dnnl::convolution_forward conv;
+  memory::desc src_user, wei_user, dst_user, src_conv, wei_conv, dst_conv;
+  dnnl::reorder src_reorder, wei_reorder, dst_reorder;
+  size_t scratch_bytes = 0;
+};
+std::map<std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                    int64_t>,
+         PreparedAsForward>
+    g_as_forward;
+std::vector<uint8_t> g_out;
+
+PreparedAsForward& PrepareAsForward(const Shape& sh) {
+  auto key = sh.key(kBackwardWeights);
+  auto it = g_as_forward.find(key);
+  if (it != g_as_forward.end()) return it->second;
+  auto& eng = Engine();
+  PreparedAsForward out;
+  int64_t oh = sh.oh(), ow = sh.ow();
+  // Rows and columns after the input that the dilated kernel reaches for a k x k output.
+  int64_t pr_h = sh.kh + (oh - 1) * sh.s - sh.h - sh.p, pr_w = sh.kw + (ow - 1) * sh.s - sh.w - sh.p;
+  memory::dims src_dims = {sh.c, sh.n, sh.h, sh.w}, wei_dims = {sh.o, sh.n, oh, ow},
+               dst_dims = {sh.c, sh.o, sh.kh, sh.kw};
+  out.src_user = memory::desc(src_dims, dt::bf16,
+                              memory::dims{1, sh.h * sh.w * sh.c, sh.w * sh.c, sh.c});
+  out.wei_user = memory::desc(wei_dims, dt::bf16, memory::dims{1, oh * ow * sh.o, ow * sh.o, sh.o});
+  out.dst_user = memory::desc(dst_dims, dt::f32,
+                              memory::dims{sh.o, 1, sh.kw * sh.c * sh.o, sh.c * sh.o});  // HWIO
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  auto pd = dnnl::convolution_forward::primitive_desc(
+      eng, dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+      memory::desc(src_dims, dt::bf16, tag::any), memory::desc(wei_dims, dt::bf16, tag::any),
+      memory::desc(dst_dims, dt::f32, tag::any), {1, 1}, {sh.s - 1, sh.s - 1}, {sh.p, sh.p},
+      {pr_h, pr_w}, attr);
+  out.conv = dnnl::convolution_forward(pd);
+  out.src_conv = pd.src_desc();
+  out.wei_conv = pd.weights_desc();
+  out.dst_conv = pd.dst_desc();
+  out.scratch_bytes = pd.scratchpad_desc().get_size();
+  out.src_reorder = dnnl::reorder(memory(out.src_user, eng, nullptr), memory(out.src_conv, eng, nullptr));
+  out.wei_reorder = dnnl::reorder(memory(out.wei_user, eng, nullptr), memory(out.wei_conv, eng, nullptr));
+  out.dst_reorder = dnnl::reorder(memory(out.dst_conv, eng, nullptr), memory(out.dst_user, eng, nullptr));
+  return g_as_forward.emplace(key, std::move(out)).first->second;
+}
+
+ffi::Error RunKernelGradAsForward(const Shape& sh, void* x, void* dy, void* dw) {
+  if (sh.n == 0) {
+    std::fill_n(static_cast<float*>(dw), sh.kh * sh.kw * sh.c * sh.o, 0.f);
+    return ffi::Error::Success();
+  }
+  try {
+    std::lock_guard<std::mutex> lock(g_mu);
+    auto& eng = Engine();
+    PreparedAsForward& pr = PrepareAsForward(sh);
+    dnnl::stream strm(eng);
+    memory src_user(pr.src_user, eng, x), wei_user(pr.wei_user, eng, dy), dst_user(pr.dst_user, eng, dw);
+    memory src(pr.src_conv, eng, Grow(g_src, pr.src_conv.get_size()));
+    memory wei(pr.wei_conv, eng, Grow(g_dst, pr.wei_conv.get_size()));
+    memory dst(pr.dst_conv, eng, Grow(g_out, pr.dst_conv.get_size()));
+    memory scratch(memory::desc({static_cast<int64_t>(pr.scratch_bytes)}, dt::u8, tag::x), eng,
+                   Grow(g_scratch, pr.scratch_bytes));
+    pr.src_reorder.execute(strm, src_user, src);
+    pr.wei_reorder.execute(strm, wei_user, wei);
+    pr.conv.execute(strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst},
+                           {DNNL_ARG_SCRATCHPAD, scratch}});
+    pr.dst_reorder.execute(strm, dst, dst_user);
+    strm.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN convolution: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
 Shape FromDims(ffi::Span<const int64_t> act, ffi::Span<const int64_t> kernel, int64_t s,
                int64_t p) {
   return Shape{act[0], act[1], act[2], act[3], kernel[3], kernel[0], kernel[1], s, p};
@@ -223,9 +304,19 @@ ffi::Error BackwardWeights(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> dy,
   return Run(sh, kBackwardWeights, x.untyped_data(), dw->untyped_data(), dy.untyped_data());
 }
 
+ffi::Error BackwardWeightsAsForward(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> dy,
+                                   ffi::ResultBuffer<ffi::F32> dw, int64_t stride,
+                                   int64_t padding) {
+  Shape sh = FromDims(x.dimensions(), dw->dimensions(), stride, padding);
+  if (sh.oh() != dy.dimensions()[1] || sh.ow() != dy.dimensions()[2])
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "oneDNN kernel gradient: dy's size does not follow from x's");
+  return RunKernelGradAsForward(sh, x.untyped_data(), dy.untyped_data(), dw->untyped_data());
+}
+
 }  // namespace
 
-// The three handlers take two bfloat16 buffers and the stride and padding attributes; they
+// These handlers take two bfloat16 buffers and the stride and padding attributes; they
 // differ in the result's dtype (the kernel gradient is float32).
 #define FACIALNET_CONV_HANDLER(symbol, function, result_dtype)  \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol, function,                \
@@ -239,6 +330,8 @@ ffi::Error BackwardWeights(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> dy,
 FACIALNET_CONV_HANDLER(FacialnetOnednnConvForward, Forward, ffi::BF16);
 FACIALNET_CONV_HANDLER(FacialnetOnednnConvBackwardData, BackwardData, ffi::BF16);
 FACIALNET_CONV_HANDLER(FacialnetOnednnConvBackwardWeights, BackwardWeights, ffi::F32);
+FACIALNET_CONV_HANDLER(FacialnetOnednnConvBackwardWeightsAsForward, BackwardWeightsAsForward,
+                       ffi::F32);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FacialnetOnednnConvBiasReluForward, ForwardBiasRelu,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::BF16>>()
