@@ -36,10 +36,9 @@ Implementations (all compute the same function; see ``tests/test_conv.py``):
     back in float32. XLA:CPU's own convolutions never use the bf16 instructions.
     Stride-2 kernel gradients are computed as four stride-1 ones, or for small outputs as
     one forward convolution (see `_onednn_kernel_grad`): oneDNN 3.2's bf16 code for strided
-    ones is slow. With
-    ``relu=True`` (FacialNet without BatchNorm) the bias and ReLU run inside the forward
-    convolution (`conv_bias_relu_onednn`) and the layer returns bfloat16. The library is compiled on
-    first use (``facialnet_jax/training/onednn_build.py``, needs oneDNN 3.x, a dependency
+    ones is slow. With ``relu=True`` (FacialNet without BatchNorm) the bias and ReLU run
+    inside the forward convolution (`conv_bias_relu_onednn`) and the layer returns bfloat16.
+    The library is compiled on first use (``facialnet_jax/training/onednn_build.py``, needs oneDNN 3.x, a dependency
     on Linux x86-64, and a C++ compiler); where that is impossible (no compiler or oneDNN, no
     AVX512-BF16, not a CPU backend) the layer logs one line and computes 'xla'.
 
@@ -273,7 +272,7 @@ def _onednn_kernel_grad_as_forward(xb, dyb, w_shape, stride, padding):
 
 def _onednn_kernel_grad(xb, dyb, w_shape, stride, padding):
   """Float32 kernel gradient, by the route measured fastest for the shape. A strided layer with
-  a small output (FacialNet's conv7: 5x5 from 10x10) is one forward convolution; other strided
+  a small output (FacialNet's conv7: 5x5 from 9x9) is one forward convolution; other strided
   layers are s*s stride-1 kernel gradients (`_onednn_kernel_grad_phases`). Isolated, batch 128:
   conv7 20 vs 40 ms; conv3 (20x20 output) 45 vs 33 ms; whole model step +3-5% (README)."""
   if stride > 1 and w_shape[2] >= 16 and dyb.shape[1] * dyb.shape[2] <= 25:
