@@ -274,7 +274,7 @@ def _onednn_kernel_grad(xb, dyb, w_shape, stride, padding):
   """Float32 kernel gradient, by the route measured fastest for the shape. A strided layer with
   a small output (FacialNet's conv7: 5x5 from 9x9) is one forward convolution; other strided
   layers are s*s stride-1 kernel gradients (`_onednn_kernel_grad_phases`). Isolated, batch 128:
-  conv7 20 vs 40 ms; conv3 (20x20 output) 45 vs 33 ms; whole model step +3-5% (README)."""
+  conv7 20 vs 40 ms; conv3 (19x19 output) 45 vs 33 ms; whole model step +3-5% (README)."""
   if stride > 1 and w_shape[2] >= 16 and dyb.shape[1] * dyb.shape[2] <= 25:
     return _onednn_kernel_grad_as_forward(xb, dyb, w_shape, stride, padding)
   return _onednn_kernel_grad_phases(xb, dyb, w_shape, stride, padding)
