@@ -38,9 +38,10 @@ Implementations (all compute the same function; see ``tests/test_conv.py``):
     one forward convolution (see `_onednn_kernel_grad`): oneDNN 3.2's bf16 code for strided
     ones is slow. With ``relu=True`` (FacialNet without BatchNorm) the bias and ReLU run
     inside the forward convolution (`conv_bias_relu_onednn`) and the layer returns bfloat16.
-    The library is compiled on first use (``facialnet_jax/training/onednn_build.py``, needs oneDNN 3.x, a dependency
-    on Linux x86-64, and a C++ compiler); where that is impossible (no compiler or oneDNN, no
-    AVX512-BF16, not a CPU backend) the layer logs one line and computes 'xla'.
+    The library is compiled on first use (``facialnet_jax/training/onednn_build.py``, needs
+    oneDNN 3.x, a dependency on Linux x86-64, and a C++ compiler); where that is impossible
+    (no compiler or oneDNN, no AVX512-BF16, not a CPU backend) the layer logs one line and
+    computes 'xla'.
 
 ``'auto'`` (the default)
     'onednn' where it wins, 'xla' everywhere else (`resolve`). It wins on a

@@ -65,6 +65,11 @@ dnnl::engine& Engine() {
   return eng;
 }
 
+// A reorder between two layouts, prepared once (the buffers are given when it runs).
+dnnl::reorder Reorder(const memory::desc& from, const memory::desc& to) {
+  return dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), from, Engine(), to));
+}
+
 memory::desc Act(int64_t n, int64_t c, int64_t h, int64_t w, dt type) {
   return memory::desc({n, c, h, w}, type, tag::nhwc);
 }
@@ -123,18 +128,15 @@ Prepared& Prepare(const Shape& sh, int kind) {
     out.src_conv = pd.src_desc();
     out.dst_conv = pd.diff_dst_desc();
     if (out.src_conv != src)
-      out.src_reorder = dnnl::reorder(memory(src, eng, nullptr), memory(out.src_conv, eng, nullptr));
+      out.src_reorder = Reorder(src, out.src_conv);
     if (out.dst_conv != dst)
-      out.dst_reorder = dnnl::reorder(memory(dst, eng, nullptr), memory(out.dst_conv, eng, nullptr));
+      out.dst_reorder = Reorder(dst, out.dst_conv);
     out.scratch_bytes = pd.scratchpad_desc().get_size();
   }
   out.needs_reorder = out.wei_conv != out.wei_user;
   if (out.needs_reorder) {
-    out.wei_reorder = kind == kBackwardWeights
-                          ? dnnl::reorder(memory(out.wei_conv, eng, nullptr),
-                                          memory(out.wei_user, eng, nullptr))
-                          : dnnl::reorder(memory(out.wei_user, eng, nullptr),
-                                          memory(out.wei_conv, eng, nullptr));
+    out.wei_reorder = kind == kBackwardWeights ? Reorder(out.wei_conv, out.wei_user)
+                                               : Reorder(out.wei_user, out.wei_conv);
   }
   return g_cache.emplace(sh.key(kind), std::move(out)).first->second;
 }
@@ -218,8 +220,6 @@ PreparedAsForward& PrepareAsForward(const Shape& sh) {
   auto& eng = Engine();
   PreparedAsForward out;
   int64_t oh = sh.oh(), ow = sh.ow();
-  // Rows and columns after the input that the dilated kernel reaches for a k x k output.
-  int64_t pr_h = sh.kh + (oh - 1) * sh.s - sh.h - sh.p, pr_w = sh.kw + (ow - 1) * sh.s - sh.w - sh.p;
   memory::dims src_dims = {sh.c, sh.n, sh.h, sh.w}, wei_dims = {sh.o, sh.n, oh, ow},
                dst_dims = {sh.c, sh.o, sh.kh, sh.kw};
   out.src_user = memory::desc(src_dims, dt::bf16,
@@ -233,15 +233,16 @@ PreparedAsForward& PrepareAsForward(const Shape& sh) {
       eng, dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
       memory::desc(src_dims, dt::bf16, tag::any), memory::desc(wei_dims, dt::bf16, tag::any),
       memory::desc(dst_dims, dt::f32, tag::any), {1, 1}, {sh.s - 1, sh.s - 1}, {sh.p, sh.p},
-      {pr_h, pr_w}, attr);
+      // The dilated kernel (dY) reaches as far past the input as the original windows did.
+      {sh.pr_h(), sh.pr_w()}, attr);
   out.conv = dnnl::convolution_forward(pd);
   out.src_conv = pd.src_desc();
   out.wei_conv = pd.weights_desc();
   out.dst_conv = pd.dst_desc();
   out.scratch_bytes = pd.scratchpad_desc().get_size();
-  out.src_reorder = dnnl::reorder(memory(out.src_user, eng, nullptr), memory(out.src_conv, eng, nullptr));
-  out.wei_reorder = dnnl::reorder(memory(out.wei_user, eng, nullptr), memory(out.wei_conv, eng, nullptr));
-  out.dst_reorder = dnnl::reorder(memory(out.dst_conv, eng, nullptr), memory(out.dst_user, eng, nullptr));
+  out.src_reorder = Reorder(out.src_user, out.src_conv);
+  out.wei_reorder = Reorder(out.wei_user, out.wei_conv);
+  out.dst_reorder = Reorder(out.dst_conv, out.dst_user);
   return g_as_forward.emplace(key, std::move(out)).first->second;
 }
 
@@ -255,7 +256,8 @@ ffi::Error RunKernelGradAsForward(const Shape& sh, void* x, void* dy, void* dw) 
     auto& eng = Engine();
     PreparedAsForward& pr = PrepareAsForward(sh);
     dnnl::stream strm(eng);
-    memory src_user(pr.src_user, eng, x), wei_user(pr.wei_user, eng, dy), dst_user(pr.dst_user, eng, dw);
+    memory src_user(pr.src_user, eng, x), wei_user(pr.wei_user, eng, dy),
+        dst_user(pr.dst_user, eng, dw);
     memory src(pr.src_conv, eng, Grow(g_src, pr.src_conv.get_size()));
     memory wei(pr.wei_conv, eng, Grow(g_dst, pr.wei_conv.get_size()));
     memory dst(pr.dst_conv, eng, Grow(g_out, pr.dst_conv.get_size()));
