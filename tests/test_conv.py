@@ -122,9 +122,10 @@ def test_onednn_with_bias_and_relu_fused_matches_xla_in_bfloat16(inputs, referen
 
 
 # Strided shapes (input size, in, out channels, kernel, stride, padding): FacialNet's conv3, conv6
-# and conv7, and one whose last input row no window reaches (cropped).
+# and conv7, one whose last input row no window reaches (cropped), and one so small that a
+# phase has a single input row.
 STRIDED_KERNEL_GRADS = [(38, 64, 128, 3, 2, 1), (19, 128, 256, 3, 2, 0), (9, 256, 512, 3, 2, 1),
-                        (20, 16, 32, 3, 2, 0)]
+                        (20, 16, 32, 3, 2, 0), (3, 16, 32, 3, 2, 1)]
 
 
 @pytest.mark.parametrize('route', ['phases', 'as_forward'])

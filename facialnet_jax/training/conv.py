@@ -282,38 +282,22 @@ def _onednn_kernel_grad(xb, dyb, w_shape, stride, padding):
 
 
 def _onednn_kernel_grad_phases(xb, dyb, w_shape, stride, padding):
-  """Float32 kernel gradient. At stride s it is s*s stride-1 ones (oneDNN 3.2's bf16 code for
-  strided kernel gradients runs at a tenth of its stride-1 speed): kernel taps i = a + s*i'
-  only meet input rows s*t + a, so phase (a, b) of the padded input, correlated with dy at
-  stride 1, gives taps [a::s, b::s]. Same products, same count."""
-  result = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  """Float32 kernel gradient. At stride s it is s*s stride-1 ones, computed in one oneDNN call
+  (oneDNN 3.2's bf16 code for strided kernel gradients runs at a tenth of its stride-1 speed):
+  kernel taps i = a + s*i' only meet input rows s*t + i - p, so phase (a, b) of the input,
+  correlated with dy at stride 1, gives taps [a::s, b::s]. Same products, same count."""
+  result = jax.ShapeDtypeStruct(w_shape, jnp.float32)
   if stride == 1:
-    return _onednn_call('facialnet_onednn_conv_backward_weights', result(w_shape), xb, dyb,
-                        stride=1, padding=padding)
-  k, _, cin, cout = w_shape
-  if cin < 16:
+    return _onednn_call('facialnet_onednn_conv_backward_weights', result, xb, dyb, stride=1,
+                        padding=padding)
+  if w_shape[2] < 16:
     # Too few input channels for oneDNN's bf16 blocks (FacialNet's conv1 has one): XLA's
     # float32 code took half the time (6 vs 12 ms at batch 128).
     _, vjp = jax.vjp(lambda w32: conv_xla(xb.astype(jnp.float32), w32, stride, padding),
                      jnp.zeros(w_shape, jnp.float32))
     return vjp(dyb.astype(jnp.float32))[0]
-  n, h, wd, _ = xb.shape
-  _, oh, ow, _ = dyb.shape
-  # Rows and columns the windows reach: padding in front, padding or cropping behind.
-  need_h, need_w = (oh - 1) * stride + k, (ow - 1) * stride + k
-  xp = jnp.pad(xb, ((0, 0), (padding, max(0, need_h - h - padding)),
-                    (padding, max(0, need_w - wd - padding)), (0, 0)))
-  dw = jnp.zeros(w_shape, jnp.float32)
-  for a in range(min(stride, k)):
-    for b in range(min(stride, k)):
-      ka, kb = len(range(a, k, stride)), len(range(b, k, stride))
-      phase = lax.slice(xp, (0, a, b, 0), (n, a + stride * (oh + ka - 2) + 1,
-                                           b + stride * (ow + kb - 2) + 1, cin),
-                        (1, stride, stride, 1))
-      part = _onednn_call('facialnet_onednn_conv_backward_weights',
-                          result((ka, kb, cin, cout)), phase, dyb, stride=1, padding=0)
-      dw = dw.at[a::stride, b::stride].set(part)
-  return dw
+  return _onednn_call('facialnet_onednn_conv_backward_weights_phases', result, xb, dyb,
+                      stride=stride, padding=padding)
 
 
 def conv2d(x, w, stride: int, padding: int, implementation: str = 'xla'):

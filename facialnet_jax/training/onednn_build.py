@@ -26,6 +26,7 @@ TARGETS = {
     'facialnet_onednn_conv_backward_weights': 'FacialnetOnednnConvBackwardWeights',
     'facialnet_onednn_conv_backward_weights_as_forward':
         'FacialnetOnednnConvBackwardWeightsAsForward',
+    'facialnet_onednn_conv_backward_weights_phases': 'FacialnetOnednnConvBackwardWeightsPhases',
 }
 # Where to look for oneDNN 3.x (include/oneapi/dnnl/dnnl.hpp and lib*/libdnnl.so): the
 # variable, then this environment's prefix (pyproject.toml's onednn-*-cpu-gomp dependencies
