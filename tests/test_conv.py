@@ -250,3 +250,17 @@ def test_cpu_env_overrides():
   assert cpu_env.cpu_env_overrides({'XLA_FLAGS': cpu_env.CPU_XLA_FLAGS,
                                     'GLIBC_TUNABLES': 'x'}) == {}
   assert 'GLIBC_TUNABLES' not in cpu_env.cpu_env_overrides({}, with_malloc=False)
+
+def test_a_failed_build_names_the_compiler_error(monkeypatch, tmp_path):
+  """The one line that says why oneDNN is unavailable quotes the compiler's error, not the
+  caret line g++ ends its report with."""
+  compiler = tmp_path / 'failing-g++'
+  compiler.write_text('#!/bin/sh\necho "onednn_conv.cc:12:3: error: expected \';\'" >&2\n'
+                      'echo "   12 |   int x" >&2\necho "      |        ^" >&2\nexit 1\n')
+  compiler.chmod(0o755)
+  monkeypatch.setenv('CXX', str(compiler))
+  monkeypatch.setenv(onednn_build.CACHE_VARIABLE, str(tmp_path / 'cache'))
+  dnnl = onednn_build.OneDNN(str(tmp_path), str(tmp_path), '3.2')
+  with pytest.raises(onednn_build.Unavailable, match="onednn_conv.cc:12:3: error: expected ';'$"):
+    onednn_build.build(dnnl)
+  assert not list((tmp_path / 'cache').iterdir())  # no half-built library left for later runs

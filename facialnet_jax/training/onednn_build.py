@@ -98,8 +98,10 @@ def build(dnnl: OneDNN) -> str:
   done = subprocess.run(cmd, capture_output=True, text=True, check=False)
   if done.returncode:
     os.unlink(tmp)
-    last = (done.stderr.strip().splitlines() or ['?'])[-1]
-    raise Unavailable(f'compiling {SOURCE} failed: {last}')
+    lines = done.stderr.strip().splitlines() or ['?']
+    # The first error says what is wrong; the last line is often only a caret under code.
+    first_error = next((line for line in lines if 'error' in line), lines[-1])
+    raise Unavailable(f'compiling {SOURCE} failed: {first_error.strip()}')
   os.replace(tmp, path)
   return path
 
