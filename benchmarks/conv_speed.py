@@ -124,7 +124,8 @@ def jax_worker(args):
   import jax
   import jax.numpy as jnp
   import optax
-  from facialnet_jax.training.conv import Conv2D
+  from facialnet_jax.training.conv import Conv2D, resolve
+  from facialnet_jax.training.max_pool import max_pool
 
   class Net(nn.Module):
     @nn.compact
@@ -132,7 +133,7 @@ def jax_worker(args):
       for name, f, k, s, p in LAYERS:
         # ReLU inside the layer: 'onednn' fuses it (and the bias) into the convolution.
         x = Conv2D(f, k, s, p, implementation=args.impl, relu=True, name=name)(x)
-      x = nn.max_pool(x, (3, 3), (2, 2))
+      x = max_pool(x, 3, 2, onednn=resolve(args.impl) == 'onednn')  # as the Backbone's
       x = x.reshape(x.shape[0], -1).astype(jnp.float32)
       outs = []
       for head, n_out, d1, d2 in HEADS:

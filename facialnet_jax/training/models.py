@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from facialnet_jax.data import age_groups
-from facialnet_jax.training import conv
+from facialnet_jax.training import conv, max_pool
 
 # The paper's layer table: (name, features, kernel, stride, padding). ReLU follows every conv.
 BACKBONE_LAYERS = (
@@ -60,7 +60,7 @@ class Backbone(nn.Module):
                          name=f'{name}_bn')(x)
       if not fused_relu:
         x = nn.relu(x)
-    x = nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding='VALID')
+    x = max_pool.max_pool(x, window=3, stride=2, onednn=fused_relu)
     return x.reshape((x.shape[0], -1)).astype(self.dtype)
 
 

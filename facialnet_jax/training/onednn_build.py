@@ -27,6 +27,8 @@ TARGETS = {
     'facialnet_onednn_conv_backward_weights_as_forward':
         'FacialnetOnednnConvBackwardWeightsAsForward',
     'facialnet_onednn_conv_backward_weights_phases': 'FacialnetOnednnConvBackwardWeightsPhases',
+    'facialnet_onednn_max_pool_forward': 'FacialnetOnednnMaxPoolForward',
+    'facialnet_onednn_max_pool_backward': 'FacialnetOnednnMaxPoolBackward',
 }
 # Where to look for oneDNN 3.x (include/oneapi/dnnl/dnnl.hpp and lib*/libdnnl.so): the
 # variable, then this environment's prefix (pyproject.toml's onednn-*-cpu-gomp dependencies
