@@ -27,6 +27,7 @@ TARGETS = {
     'facialnet_onednn_conv_backward_weights_as_forward':
         'FacialnetOnednnConvBackwardWeightsAsForward',
     'facialnet_onednn_conv_backward_weights_phases': 'FacialnetOnednnConvBackwardWeightsPhases',
+    'facialnet_onednn_relu_backward': 'FacialnetOnednnReluBackward',
     'facialnet_onednn_max_pool_forward': 'FacialnetOnednnMaxPoolForward',
     'facialnet_onednn_max_pool_backward': 'FacialnetOnednnMaxPoolBackward',
 }

@@ -403,6 +403,40 @@ ffi::Error RunKernelGradPhases(const Shape& sh, void* x, void* dy, void* dw) {
   return ffi::Error::Success();
 }
 
+// ReLU's gradient, dY where the layer's output is positive and 0 elsewhere, for
+// conv_bias_relu_onednn. In XLA:CPU the select ran in float32 (bfloat16 element-wise code is
+// widened), writing a float32 copy that was then rounded back to bfloat16 for the convolution.
+std::map<int64_t, dnnl::eltwise_backward> g_relu;
+
+ffi::Error ReluBackward(ffi::Buffer<ffi::BF16> dy, ffi::Buffer<ffi::BF16> y,
+                        ffi::ResultBuffer<ffi::BF16> dx) {
+  int64_t size = static_cast<int64_t>(dy.element_count());
+  if (size == 0) return ffi::Error::Success();
+  try {
+    std::lock_guard<std::mutex> lock(g_mu);
+    auto& eng = Engine();
+    auto flat = memory::desc({size}, dt::bf16, tag::a);
+    auto it = g_relu.find(size);
+    if (it == g_relu.end()) {
+      auto algorithm = dnnl::algorithm::eltwise_relu_use_dst_for_bwd;
+      auto fwd_pd = dnnl::eltwise_forward::primitive_desc(
+          eng, dnnl::prop_kind::forward_training, algorithm, flat, flat, 0.f, 0.f);
+      auto pd = dnnl::eltwise_backward::primitive_desc(eng, algorithm, flat, flat, flat, 0.f,
+                                                       0.f, fwd_pd);
+      it = g_relu.emplace(size, dnnl::eltwise_backward(pd)).first;
+    }
+    dnnl::stream strm(eng);
+    memory diff_dst(flat, eng, dy.untyped_data()), dst(flat, eng, y.untyped_data()),
+        diff_src(flat, eng, dx->untyped_data());
+    it->second.execute(strm, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DST, dst},
+                              {DNNL_ARG_DIFF_SRC, diff_src}});
+    strm.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN ReLU gradient: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
 // The max-pool after the last convolution (VALID windows), forward and gradient. XLA:CPU
 // computes reduce_window max's gradient as a variadic reduce_window carrying indices: 9-10 ms
 // at batch 128 for a 5x5x512 input, against about 1 ms here. The forward writes oneDNN's
@@ -554,6 +588,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FacialnetOnednnConvBiasReluForward, ForwardBiasRel
                                   .Attr<int64_t>("stride")
                                   .Attr<int64_t>("padding"));
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FacialnetOnednnReluBackward, ReluBackward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Ret<ffi::Buffer<ffi::BF16>>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FacialnetOnednnMaxPoolForward, MaxPoolForward,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::BF16>>()
