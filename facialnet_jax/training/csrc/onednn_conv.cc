@@ -1,11 +1,12 @@
 // oneDNN bfloat16 convolutions (forward, input gradient, kernel gradient) as XLA FFI handlers.
 // The forward convolution also comes with the layer's bias and ReLU fused in (one pass over
-// the output instead of three in XLA: see conv.py's conv_bias_relu_onednn); the max-pool
-// that follows FacialNet's convolutions is here too (max_pool.py).
+// the output instead of three in XLA: see conv.py's conv_bias_relu_onednn), with ReLU's
+// gradient for its backward pass; the max-pool that follows FacialNet's convolutions is here
+// too (max_pool.py).
 //
 // Layouts are JAX's: activations NHWC, kernels HWIO. Activations and kernels are bfloat16;
 // oneDNN accumulates in float32; the kernel gradient is returned in float32 (parameters are
-// float32). Built by facialnet_jax/onednn_build.py on first use; see facialnet_jax/conv.py.
+// float32). Built by facialnet_jax/training/onednn_build.py on first use; see training/conv.py.
 #include <algorithm>
 #include <cstdint>
 #include <map>
