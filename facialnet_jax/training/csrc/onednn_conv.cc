@@ -65,6 +65,21 @@ dnnl::engine& Engine() {
   return eng;
 }
 
+// Runs `work` under the library's lock with a stream and waits for it; oneDNN's exceptions
+// become FFI errors that name `what`.
+template <typename Work>
+ffi::Error Locked(const char* what, Work&& work) {
+  try {
+    std::lock_guard<std::mutex> lock(g_mu);
+    dnnl::stream strm(Engine());
+    ffi::Error error = work(strm);
+    strm.wait();
+    return error;
+  } catch (const dnnl::error& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string(what) + ": " + e.what());
+  }
+}
+
 // A reorder between two layouts, prepared once (the buffers are given when it runs).
 dnnl::reorder Reorder(const memory::desc& from, const memory::desc& to) {
   return dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), from, Engine(), to));
@@ -150,11 +165,9 @@ void* Grow(std::vector<uint8_t>& v, size_t bytes) {
 // for kForwardBiasRelu, the float32 bias.
 ffi::Error Run(const Shape& sh, int kind, void* src, void* wei, void* dst, void* bias = nullptr) {
   if (sh.n == 0) return ffi::Error::Success();
-  try {
-    std::lock_guard<std::mutex> lock(g_mu);
+  return Locked("oneDNN convolution", [&](dnnl::stream& strm) -> ffi::Error {
     auto& eng = Engine();
     Prepared& pr = Prepare(sh, kind);
-    dnnl::stream strm(eng);
     memory wei_user(pr.wei_user, eng, wei);
     memory wei_conv = pr.needs_reorder
                           ? memory(pr.wei_conv, eng, Grow(g_wei, pr.wei_conv.get_size()))
@@ -188,11 +201,8 @@ ffi::Error Run(const Shape& sh, int kind, void* src, void* wei, void* dst, void*
                              {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
       if (pr.needs_reorder) pr.wei_reorder.execute(strm, wei_conv, wei_user);
     }
-    strm.wait();
-  } catch (const dnnl::error& e) {
-    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN convolution: ") + e.what());
-  }
-  return ffi::Error::Success();
+    return ffi::Error::Success();
+  });
 }
 
 // The kernel gradient of a strided convolution as a forward convolution, whose code (brgemm)
@@ -251,11 +261,9 @@ ffi::Error RunKernelGradAsForward(const Shape& sh, void* x, void* dy, void* dw) 
     std::fill_n(static_cast<float*>(dw), sh.kh * sh.kw * sh.c * sh.o, 0.f);
     return ffi::Error::Success();
   }
-  try {
-    std::lock_guard<std::mutex> lock(g_mu);
+  return Locked("oneDNN convolution", [&](dnnl::stream& strm) -> ffi::Error {
     auto& eng = Engine();
     PreparedAsForward& pr = PrepareAsForward(sh);
-    dnnl::stream strm(eng);
     memory src_user(pr.src_user, eng, x), wei_user(pr.wei_user, eng, dy),
         dst_user(pr.dst_user, eng, dw);
     memory src(pr.src_conv, eng, Grow(g_src, pr.src_conv.get_size()));
@@ -268,11 +276,8 @@ ffi::Error RunKernelGradAsForward(const Shape& sh, void* x, void* dy, void* dw) 
     pr.conv.execute(strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst},
                            {DNNL_ARG_SCRATCHPAD, scratch}});
     pr.dst_reorder.execute(strm, dst, dst_user);
-    strm.wait();
-  } catch (const dnnl::error& e) {
-    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN convolution: ") + e.what());
-  }
-  return ffi::Error::Success();
+    return ffi::Error::Success();
+  });
 }
 
 // The kernel gradient of a strided convolution as s*s stride-1 ones, in one call (oneDNN 3.2's
@@ -360,10 +365,8 @@ ffi::Error RunKernelGradPhases(const Shape& sh, void* x, void* dy, void* dw) {
   // Phases whose windows see only padding contribute zeros; they are not run.
   std::fill_n(dwf, sh.kh * sh.kw * sh.c * sh.o, 0.f);
   if (sh.n == 0) return ffi::Error::Success();
-  try {
-    std::lock_guard<std::mutex> lock(g_mu);
+  return Locked("oneDNN convolution", [&](dnnl::stream& strm) -> ffi::Error {
     auto& eng = Engine();
-    dnnl::stream strm(eng);
     memory::desc dy_user = Act(sh.n, sh.o, sh.oh(), sh.ow(), dt::bf16), dy_done;
     memory dy_m(dy_user, eng, dy);
     for (int64_t a = 0; a < std::min(sh.s, sh.kh); ++a) {
@@ -397,11 +400,8 @@ ffi::Error RunKernelGradPhases(const Shape& sh, void* x, void* dy, void* dw) {
         pr.wei_reorder.execute(strm, wei, taps);
       }
     }
-    strm.wait();
-  } catch (const dnnl::error& e) {
-    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN convolution: ") + e.what());
-  }
-  return ffi::Error::Success();
+    return ffi::Error::Success();
+  });
 }
 
 // ReLU's gradient, dY where the layer's output is positive and 0 elsewhere, for
@@ -413,8 +413,7 @@ ffi::Error ReluBackward(ffi::Buffer<ffi::BF16> dy, ffi::Buffer<ffi::BF16> y,
                         ffi::ResultBuffer<ffi::BF16> dx) {
   int64_t size = static_cast<int64_t>(dy.element_count());
   if (size == 0) return ffi::Error::Success();
-  try {
-    std::lock_guard<std::mutex> lock(g_mu);
+  return Locked("oneDNN ReLU gradient", [&](dnnl::stream& strm) -> ffi::Error {
     auto& eng = Engine();
     auto flat = memory::desc({size}, dt::bf16, tag::a);
     auto it = g_relu.find(size);
@@ -426,16 +425,12 @@ ffi::Error ReluBackward(ffi::Buffer<ffi::BF16> dy, ffi::Buffer<ffi::BF16> y,
                                                        0.f, fwd_pd);
       it = g_relu.emplace(size, dnnl::eltwise_backward(pd)).first;
     }
-    dnnl::stream strm(eng);
     memory diff_dst(flat, eng, dy.untyped_data()), dst(flat, eng, y.untyped_data()),
         diff_src(flat, eng, dx->untyped_data());
     it->second.execute(strm, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DST, dst},
                               {DNNL_ARG_DIFF_SRC, diff_src}});
-    strm.wait();
-  } catch (const dnnl::error& e) {
-    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN ReLU gradient: ") + e.what());
-  }
-  return ffi::Error::Success();
+    return ffi::Error::Success();
+  });
 }
 
 // The max-pool after the last convolution (VALID windows), forward and gradient. XLA:CPU
@@ -471,41 +466,31 @@ ffi::Error MaxPoolForward(ffi::Buffer<ffi::BF16> x, ffi::ResultBuffer<ffi::BF16>
                           ffi::ResultBuffer<ffi::U8> ws, int64_t window, int64_t stride) {
   auto d = x.dimensions();
   if (d[0] == 0) return ffi::Error::Success();
-  try {
-    std::lock_guard<std::mutex> lock(g_mu);
+  return Locked("oneDNN max-pool", [&](dnnl::stream& strm) -> ffi::Error {
     auto& eng = Engine();
     PreparedPool& pr = PreparePool(d[0], d[1], d[2], d[3], window, stride);
     if (pr.ws.get_size() != ws->size_bytes())
       return ffi::Error(ffi::ErrorCode::kInternal, "oneDNN max-pool: workspace of another size");
-    dnnl::stream strm(eng);
     memory src(pr.src, eng, x.untyped_data()), dst(pr.dst, eng, y->untyped_data()),
         wsm(pr.ws, eng, ws->untyped_data());
     pr.fwd.execute(strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}, {DNNL_ARG_WORKSPACE, wsm}});
-    strm.wait();
-  } catch (const dnnl::error& e) {
-    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN max-pool: ") + e.what());
-  }
-  return ffi::Error::Success();
+    return ffi::Error::Success();
+  });
 }
 
 ffi::Error MaxPoolBackward(ffi::Buffer<ffi::BF16> dy, ffi::Buffer<ffi::U8> ws,
                            ffi::ResultBuffer<ffi::BF16> dx, int64_t window, int64_t stride) {
   auto d = dx->dimensions();
   if (d[0] == 0) return ffi::Error::Success();
-  try {
-    std::lock_guard<std::mutex> lock(g_mu);
+  return Locked("oneDNN max-pool", [&](dnnl::stream& strm) -> ffi::Error {
     auto& eng = Engine();
     PreparedPool& pr = PreparePool(d[0], d[1], d[2], d[3], window, stride);
-    dnnl::stream strm(eng);
     memory diff_dst(pr.dst, eng, dy.untyped_data()), diff_src(pr.src, eng, dx->untyped_data()),
         wsm(pr.ws, eng, ws.untyped_data());
     pr.bwd.execute(strm, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_SRC, diff_src},
                           {DNNL_ARG_WORKSPACE, wsm}});
-    strm.wait();
-  } catch (const dnnl::error& e) {
-    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN max-pool: ") + e.what());
-  }
-  return ffi::Error::Success();
+    return ffi::Error::Success();
+  });
 }
 
 Shape FromDims(ffi::Span<const int64_t> act, ffi::Span<const int64_t> kernel, int64_t s,
