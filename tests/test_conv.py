@@ -251,6 +251,7 @@ def test_cpu_env_overrides():
                                     'GLIBC_TUNABLES': 'x'}) == {}
   assert 'GLIBC_TUNABLES' not in cpu_env.cpu_env_overrides({}, with_malloc=False)
 
+
 def test_a_failed_build_names_the_compiler_error(monkeypatch, tmp_path):
   """The one line that says why oneDNN is unavailable quotes the compiler's error, not the
   caret line g++ ends its report with."""
