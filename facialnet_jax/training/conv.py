@@ -8,11 +8,11 @@ Implementations (all compute the same function; see ``tests/test_conv.py``):
 
 ``'xla'``
     ``lax.conv_general_dilated`` with explicit symmetric padding. On GPU this is
-    the right choice. On CPU it is also the fastest *provided* the process was
+    the right choice. On CPU it is the fastest float32 one *provided* the process was
     started with ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``
-    (``facialnet_jax.cpu_env`` sets it; see ``benchmarks/conv_speed.py``): without that flag jaxlib 0.10 sends every
-    convolution to YNNPACK, whose weight-gradient convolutions are 3-6x slower
-    than XLA's own (Eigen) convolutions.
+    (``facialnet_jax.runtime.cpu_env`` sets it; see ``benchmarks/conv_speed.py``): without that
+    flag jaxlib 0.10 sends every convolution to YNNPACK, whose weight-gradient convolutions are
+    3-6x slower than XLA's own (Eigen) convolutions.
 
 ``'fast'``
     Same as ``'xla'`` for k>1 convolutions; 1x1 stride-1 convolutions become
@@ -234,7 +234,8 @@ def conv_bias_relu_onednn(xb, w, b, stride: int, padding: int):
   """relu(conv(xb, w) + b) in one oneDNN call: xb bfloat16 NHWC, w HWIO and b float32 (their
   gradients stay so); the result is bfloat16, the precision the next convolution reads. Unfused,
   XLA adds the bias and applies ReLU in float32 between the convolutions, forward and backward;
-  fused, the activations between layers stay bfloat16 (3-4% faster whole step, README)."""
+  fused, the activations between layers stay bfloat16 (3-4% faster whole step;
+  benchmarks/onednn_history.md)."""
   return _bias_relu_fwd(xb, w, b, stride, padding)[0]
 
 
@@ -277,7 +278,8 @@ def _onednn_kernel_grad(xb, dyb, w_shape, stride, padding):
   """Float32 kernel gradient, by the route measured fastest for the shape. A strided layer with
   a small output (FacialNet's conv7: 5x5 from 9x9) is one forward convolution; other strided
   layers are s*s stride-1 kernel gradients (`_onednn_kernel_grad_phases`). Isolated, batch 128:
-  conv7 20 vs 40 ms; conv3 (19x19 output) 45 vs 33 ms; whole model step +3-5% (README)."""
+  conv7 20 vs 40 ms; conv3 (19x19 output) 45 vs 33 ms; whole model step +3-5%
+  (benchmarks/onednn_history.md)."""
   if stride > 1 and w_shape[2] >= 16 and dyb.shape[1] * dyb.shape[2] <= 25:
     return _onednn_kernel_grad_as_forward(xb, dyb, w_shape, stride, padding)
   return _onednn_kernel_grad_phases(xb, dyb, w_shape, stride, padding)
