@@ -17,8 +17,11 @@ from facialnet_jax.runtime import sharding
 from facialnet_jax.training import augment
 from facialnet_jax.training import checkpointing
 from facialnet_jax.training import losses
+from facialnet_jax.training import models
+from facialnet_jax.training import optim
 from facialnet_jax.training import steps
 from facialnet_jax.training import train
+from facialnet_jax.training import train_state
 from tests.conftest import tiny_config
 
 # One epoch of 8 steps, a checkpoint every 2: step index 5 fails, the host sees it at the stop
@@ -149,3 +152,34 @@ def test_skipping_stops_a_run_that_keeps_failing(tmp_path, monkeypatch):
   state = _latest_state(tmp_path)
   assert 0 < state['nonfinite_steps'] <= 2
   assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state['params']))
+
+
+@pytest.mark.parametrize('backend', ['cpu', 'gpu'])
+def test_a_skipped_step_leaves_weights_momentum_average_and_batch_statistics_as_they_were(
+    backend, monkeypatch):
+  # CPU keeps the old state with a conditional, other backends with jnp.where: both are traced
+  # here (the backend is looked up while tracing), and both must keep every leaf bit for bit.
+  config = tiny_config(**{'ema.decay': 0.9, 'model.batch_norm': True})
+  model = models.create_model(config.model)
+  tx = optim.create_optimizer(config, steps_per_epoch=4)
+  state = jax.jit(lambda key: train_state.create_train_state(
+      model, tx, key, (75, 75, 1), ema=True))(jax.random.key(0))
+  batch = {'image': jax.random.randint(jax.random.key(1), (8, 75, 75, 1), 0, 255, jnp.uint8),
+           'gender': jnp.array([0, 1, 1, 0, -1, 1, 0, 0], jnp.int32),
+           'age_group': jnp.array([0, 3, -1, 7, 2, 2, 5, -1], jnp.int32)}
+  _poison(monkeypatch, 'loss', np.inf, bad_step=1)
+  real_backend = jax.default_backend()
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  step = jax.jit(steps.make_train_step(model, tx, config))
+  good, good_metrics = step(state, batch)  # step 0: updates everything
+  bad, bad_metrics = step(good, batch)  # step 1: poisoned
+  monkeypatch.setattr(jax, 'default_backend', lambda: real_backend)
+  initial, before, after = jax.device_get((state, good, bad))
+  for part in ('params', 'opt_state', 'ema_params', 'batch_stats'):
+    changed = jax.tree.leaves(jax.tree.map(lambda a, b: not np.array_equal(a, b),
+                                           getattr(initial, part), getattr(before, part)))
+    assert any(changed), f'the good step left {part} unchanged'
+    jax.tree.map(np.testing.assert_array_equal, getattr(after, part), getattr(before, part))
+  assert (int(after.step), int(after.nonfinite_steps), int(after.first_nonfinite_step)) == (2, 1, 1)
+  assert np.isfinite(good_metrics.compute()['loss'])
+  assert float(bad_metrics.loss.count) == 0  # the skipped step counts in no metric
