@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 
 from facialnet_jax.runtime import sharding
 from facialnet_jax.training import device_data
+from facialnet_jax.training import metrics as metrics_lib
 from facialnet_jax.training import models
 from facialnet_jax.training import onednn_build
 from facialnet_jax.training import optim
@@ -93,6 +95,48 @@ def test_device_pipeline_yields_every_example_once_per_epoch():
     assert (labels < 0).sum() == 2  # 23 examples in 5 batches of 5: two masked slots
     orders.append(seen)
   assert not np.array_equal(orders[0], orders[1])  # reshuffled every epoch
+
+
+@flax.struct.dataclass
+class _Recorder:
+  """A stand-in train state that keeps the labels of every batch it was trained on."""
+  step: jax.Array
+  seen: jax.Array  # (steps, batch size) age groups, one row per step
+
+
+@pytest.mark.parametrize('steps_per_call', [1, 3])
+def test_every_step_trains_on_its_own_epochs_batch_even_when_the_state_jumps(steps_per_call):
+  # The feed keeps the last epoch's permutation between steps; whatever step the state is at
+  # (the next epoch, an earlier checkpoint, a resumed run with a new feed) its batch must be
+  # the one device_data.epoch_order gives for that step.
+  num_examples, batch_size, epoch_steps = 23, 5, 5
+  mesh = sharding.create_mesh()
+  arrays = {'image': np.zeros((num_examples, 1, 1, 1), np.uint8),
+            'gender': np.zeros(num_examples, np.int32),
+            'age_group': np.arange(num_examples, dtype=np.int32)}
+
+  def record(state, batch):
+    seen = state.seen.at[state.step].set(batch['age_group'])
+    return state.replace(step=state.step + 1, seen=seen), metrics_lib.TrainMetrics.empty()
+
+  def expected(step):
+    epoch, position = divmod(step, epoch_steps)
+    order = np.asarray(device_data.epoch_order(7, epoch, num_examples, batch_size))
+    return order[position * batch_size:(position + 1) * batch_size]
+
+  def train(feed, start, num_steps):
+    state = _Recorder(jnp.int32(start), jnp.full((20, batch_size), -2, jnp.int32))
+    state, _ = feed.run(state, num_steps)
+    seen = np.asarray(state.seen)
+    for step in range(start, start + num_steps):
+      np.testing.assert_array_equal(seen[step], expected(step), err_msg=f'step {step}')
+
+  feed = device_data.DeviceTrainFeed(record, arrays, batch_size, 7, mesh, steps_per_call)
+  train(feed, 0, 7)  # into the second epoch
+  train(feed, 2, 4)  # back to the first (an older checkpoint), same feed
+  train(feed, 13, 3)  # on to the third
+  train(device_data.DeviceTrainFeed(record, arrays, batch_size, 7, mesh, steps_per_call),
+        8, 4)  # a resumed run: a new feed starts mid-epoch
 
 
 @pytest.mark.parametrize('conv_implementation', ['xla', 'onednn'])

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import optax
 
 from facialnet_jax.training import augment
+from facialnet_jax.training import branching
 from facialnet_jax.training import losses
 from facialnet_jax.training import metrics as metrics_lib
 from facialnet_jax.training import mixup
@@ -37,21 +38,6 @@ def ema_decay(config, step: jax.Array) -> jax.Array:
   TensorFlow's ExponentialMovingAverage with num_updates) so the first epochs are averaged over
   their own steps rather than pinned to the random initialisation."""
   return jnp.minimum(config.ema.decay, (1.0 + step) / (10.0 + step))
-
-
-def _if_finite(finite: jax.Array, updated: Callable, kept: Callable):
-  """updated(None) where `finite`, else kept(None): the state a step leaves behind.
-
-  On CPU a conditional, so only one side runs and the update is written in place: selecting
-  with jnp.where between the updated and the kept state made XLA:CPU copy every parameter and
-  momentum leaf at the start of each step (56 copies, ~34 MB) so the old values survived the
-  in-place update. Whole step, one process, alternated: 90.9 vs 95.2 ms at batch 25, 390 vs
-  402 ms at batch 128. Elsewhere jnp.where, as before: a GPU conditional may wait for its
-  predicate on the host.
-  """
-  if jax.default_backend() == 'cpu':
-    return jax.lax.cond(finite, updated, kept, None)
-  return jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated(None), kept(None))
 
 
 def make_train_step(model, tx: optax.GradientTransformationExtraArgs, config,
@@ -88,7 +74,7 @@ def make_train_step(model, tx: optax.GradientTransformationExtraArgs, config,
     # optax 0.2.8) and only calls optax.tree.norm, so the numbers are the same.
     finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
 
-    def updated(_):
+    def updated():
       updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
       params = optax.apply_updates(state.params, updates)
       ema_params = state.ema_params
@@ -97,8 +83,12 @@ def make_train_step(model, tx: optax.GradientTransformationExtraArgs, config,
                                               1 - ema_decay(config, state.step))
       return params, opt_state, batch_stats, ema_params
 
-    kept = lambda _: (state.params, state.opt_state, state.batch_stats, state.ema_params)
-    params, opt_state, new_batch_stats, ema_params = _if_finite(finite, updated, kept)
+    kept = lambda: (state.params, state.opt_state, state.batch_stats, state.ema_params)
+    # A choice, not jnp.where(finite, new, old) per leaf: on CPU that select made XLA copy all
+    # 56 parameter and momentum leaves (~34 MB) at the start of every step so the old values
+    # survived the in-place update (whole step 95.2 -> 90.9 ms at batch 25, 402 -> 390 ms at
+    # batch 128, one process, alternated windows).
+    params, opt_state, new_batch_stats, ema_params = branching.choose(finite, updated, kept)
     new_state = state.replace(
         step=state.step + 1,
         params=params,
