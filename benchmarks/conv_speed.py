@@ -30,6 +30,10 @@ Configurations (labels in the table)
   tuned/<impl>     ... with GLIBC_TUNABLES and XLA_FLAGS (below), impl in
                    xla, fast, patches, onednn (see facialnet_jax/training/conv.py; onednn needs the
                    'onednn' extra and a compiler, else it measures xla and says so).
+  whole/auto       The project's whole training step as a run trains (facialnet_jax.benchmark's:
+                   base config, 'auto' convolutions, batches drawn from 15,000 random uint8
+                   images in device memory, augmentation, mixup off, the NaN/inf guard), with
+                   launch.py's environment. It does more work per step than the rows above.
 
 Recommended environment for CPU training (must be set BEFORE the process starts;
 a launcher can re-exec itself with them):
@@ -91,6 +95,7 @@ def config_table():
   }
   for impl in IMPLS:
     table[f'tuned/{impl}'] = ('jax', impl, {'GLIBC_TUNABLES': MALLOC, 'XLA_FLAGS': XLA_FLAGS})
+  table['whole/auto'] = ('whole', 'auto', {'GLIBC_TUNABLES': MALLOC, 'XLA_FLAGS': XLA_FLAGS})
   return table
 
 
@@ -195,6 +200,30 @@ def jax_worker(args):
     ready['onednn_used'] = onednn_build.available()
   print(json.dumps(ready), flush=True)
   _serve(step, b * max(1, args.steps_per_call))
+
+
+def whole_worker(args):
+  import jax
+  from facialnet_jax import benchmark
+  from facialnet_jax.runtime import sharding
+  from facialnet_jax.training import conv
+  config = benchmark.benchmark_config(args.batch, conv_implementation=args.impl)
+  _, state, feed, steps_per_call = benchmark.training(config, benchmark.random_split(15_000),
+                                                       sharding.create_mesh())
+  holder = {'state': state}
+
+  def step():
+    holder['state'], totals = feed.run(holder['state'], steps_per_call)
+    jax.block_until_ready(totals)
+
+  t0 = time.perf_counter()
+  step()
+  compile_s = time.perf_counter() - t0
+  for _ in range(3):
+    step()
+  print(json.dumps({'ready': True, 'compile_s': round(compile_s, 2), 'jax': jax.__version__,
+                    'conv_used': conv.resolve(args.impl)}), flush=True)
+  _serve(step, args.batch * steps_per_call)
 
 
 def torch_worker(args):
@@ -331,7 +360,7 @@ def _fmt(v, spec):
 
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  ap.add_argument('--worker', choices=('jax', 'torch'), help=argparse.SUPPRESS)
+  ap.add_argument('--worker', choices=('jax', 'whole', 'torch'), help=argparse.SUPPRESS)
   ap.add_argument('--impl', default='xla', help=argparse.SUPPRESS)
   ap.add_argument('--batch', type=int, default=25, help=argparse.SUPPRESS)
   ap.add_argument('--threads', type=int, default=0, help=argparse.SUPPRESS)
@@ -352,6 +381,8 @@ def main():
   args = ap.parse_args()
   if args.worker == 'jax':
     return jax_worker(args)
+  if args.worker == 'whole':
+    return whole_worker(args)
   if args.worker == 'torch':
     return torch_worker(args)
 

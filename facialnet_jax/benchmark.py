@@ -55,18 +55,21 @@ flags.DEFINE_integer('epochs', 0, 'Also time this many whole training epochs (0 
 flags.DEFINE_string('output_json', '', 'Write the results here as JSON as well.')
 
 
-def _config(batch_size: int):
+def benchmark_config(batch_size: int, dtype: str = 'float32', conv_implementation: str = 'auto',
+                     steps_per_dispatch: int = 0):
+  """The base config at `batch_size` with a constant learning rate: what the benchmark trains."""
   config = base_config.get_base_config()
   config.batch_size = batch_size
   config.eval_batch_size = batch_size
-  config.model.dtype = FLAGS.dtype
-  config.model.conv_implementation = FLAGS.conv_implementation
-  config.steps_per_dispatch = FLAGS.steps_per_dispatch
+  config.model.dtype = dtype
+  config.model.conv_implementation = conv_implementation
+  config.steps_per_dispatch = steps_per_dispatch
   config.schedule.name = 'constant'
   return config
 
 
-def _random_split(num_examples: int, seed: int = 0) -> input_pipeline.HostSplit:
+def random_split(num_examples: int, seed: int = 0) -> input_pipeline.HostSplit:
+  """Random 75x75 grayscale images with random (sometimes unknown) labels."""
   rng = np.random.default_rng(seed)
   return input_pipeline.HostSplit(
       rng.integers(0, 256, (num_examples, 75, 75, 1), dtype=np.uint8),
@@ -92,23 +95,32 @@ def _timed(fn, windows: int, window_seconds: float) -> tuple[float, float]:
   return statistics.median(samples), first
 
 
-def measure(batch_size: int, mesh: jax.sharding.Mesh, split: input_pipeline.HostSplit) -> dict:
-  """Train and eval throughput of one batch size on `mesh`."""
-  config = _config(batch_size)
-  sharding.check_divisible(batch_size, mesh, '--batch_sizes')
+def training(config, split: input_pipeline.HostSplit, mesh: jax.sharding.Mesh,
+             pipeline: str = 'device'):
+  """(model, first state, feed, steps per call): what a training run of `config` on `split`
+  trains with, built by the same code."""
   model = models.create_model(config.model)
-  epoch_steps = device_data.steps_per_epoch(len(split), batch_size)
+  epoch_steps = device_data.steps_per_epoch(len(split), config.batch_size)
   tx = optim.create_optimizer(config, epoch_steps)
   state = train_state.create_train_state_on_mesh(model, tx, 0, (75, 75, 1), mesh)
   train_step = steps.make_train_step(model, tx, config)
-  if FLAGS.pipeline == 'streaming':
-    feed = streaming.StreamingTrainFeed(train_step, streaming.from_host(split), batch_size, 0,
-                                        mesh, 0)
-    steps_per_call = 1
-  else:
-    steps_per_call = device_data.dispatch_steps(FLAGS.steps_per_dispatch)
-    feed = device_data.DeviceTrainFeed(train_step, split.arrays(), batch_size, 0, mesh,
-                                       steps_per_call)
+  if pipeline == 'streaming':
+    feed = streaming.StreamingTrainFeed(train_step, streaming.from_host(split),
+                                        config.batch_size, 0, mesh, 0)
+    return model, state, feed, 1
+  steps_per_call = device_data.dispatch_steps(config.steps_per_dispatch)
+  feed = device_data.DeviceTrainFeed(train_step, split.arrays(), config.batch_size, 0, mesh,
+                                     steps_per_call)
+  return model, state, feed, steps_per_call
+
+
+def measure(batch_size: int, mesh: jax.sharding.Mesh, split: input_pipeline.HostSplit) -> dict:
+  """Train and eval throughput of one batch size on `mesh`."""
+  config = benchmark_config(batch_size, FLAGS.dtype, FLAGS.conv_implementation,
+                            FLAGS.steps_per_dispatch)
+  sharding.check_divisible(batch_size, mesh, '--batch_sizes')
+  model, state, feed, steps_per_call = training(config, split, mesh, FLAGS.pipeline)
+  epoch_steps = device_data.steps_per_epoch(len(split), batch_size)
   holder = {'state': state}
 
   def train_call():
@@ -155,7 +167,7 @@ def main(argv):
     devices = devices[:FLAGS.num_devices]
   mesh = jax.make_mesh((len(devices),), (sharding.DATA_AXIS,), axis_types=(AxisType.Auto,),
                        devices=devices)
-  split = _random_split(FLAGS.num_examples)
+  split = random_split(FLAGS.num_examples)
   report = {
       'device': devices[0].device_kind, 'platform': devices[0].platform,
       'num_devices': len(devices), 'host': platform.processor() or platform.machine(),
