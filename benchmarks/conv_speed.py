@@ -127,6 +127,16 @@ def _serve(step, batch_images):
     print(json.dumps({'ips': n * batch_images / dt, 'steps': n, 'dt': dt, 'cpu': cpu}), flush=True)
 
 
+def _compile_and_warm_up(step) -> float:
+  """Runs step() four times; returns the first call's seconds (compilation included)."""
+  t0 = time.perf_counter()
+  step()
+  compile_s = time.perf_counter() - t0
+  for _ in range(3):
+    step()
+  return round(compile_s, 2)
+
+
 def jax_worker(args):
   import flax.linen as nn
   import jax
@@ -192,12 +202,7 @@ def jax_worker(args):
     state['i'] += 1
     loss.block_until_ready()
 
-  t0 = time.perf_counter()
-  step()
-  compile_s = time.perf_counter() - t0
-  for _ in range(3):
-    step()
-  ready = {'ready': True, 'compile_s': round(compile_s, 2), 'jax': jax.__version__}
+  ready = {'ready': True, 'compile_s': _compile_and_warm_up(step), 'jax': jax.__version__}
   if args.impl == 'onednn':
     from facialnet_jax.training import onednn_build  # pylint: disable=import-outside-toplevel
     ready['onednn_used'] = onednn_build.available()
@@ -219,13 +224,8 @@ def whole_worker(args):
     holder['state'], totals = feed.run(holder['state'], steps_per_call)
     jax.block_until_ready(totals)
 
-  t0 = time.perf_counter()
-  step()
-  compile_s = time.perf_counter() - t0
-  for _ in range(3):
-    step()
-  print(json.dumps({'ready': True, 'compile_s': round(compile_s, 2), 'jax': jax.__version__,
-                    'conv_used': conv.resolve(args.impl)}), flush=True)
+  print(json.dumps({'ready': True, 'compile_s': _compile_and_warm_up(step),
+                    'jax': jax.__version__, 'conv_used': conv.resolve(args.impl)}), flush=True)
   _serve(step, args.batch * steps_per_call)
 
 
