@@ -126,13 +126,18 @@ def test_onednn_with_bias_and_relu_fused_matches_xla_in_bfloat16(inputs, referen
 # phase has a single input row.
 STRIDED_KERNEL_GRADS = [(38, 64, 128, 3, 2, 1), (19, 128, 256, 3, 2, 0), (9, 256, 512, 3, 2, 1),
                         (20, 16, 32, 3, 2, 0), (3, 16, 32, 3, 2, 1)]
+# FacialNet's conv1 (one input channel: `_onednn_kernel_grad` takes the direct route for it).
+CONV1 = (75, 1, 32, 3, 2, 1)
 
 
-@pytest.mark.parametrize('route', ['phases', 'as_forward'])
-@pytest.mark.parametrize('h, cin, cout, k, s, p', STRIDED_KERNEL_GRADS)
+@pytest.mark.parametrize('route, h, cin, cout, k, s, p', [
+    *((route, *shape) for route in ('phases', 'as_forward', 'direct')
+      for shape in STRIDED_KERNEL_GRADS),
+    ('direct', *CONV1)])
 def test_onednn_strided_kernel_gradient_routes_match_xla(route, h, cin, cout, k, s, p):
-  """Both ways of computing a strided kernel gradient (`_onednn_kernel_grad` picks one per
-  shape) give lax.conv's, from the same bfloat16 operands with float32 accumulation."""
+  """Every way of computing a strided kernel gradient (`_onednn_kernel_grad` picks one per
+  shape) gives lax.conv's, from the same bfloat16 operands with float32 accumulation, and the
+  bias gradient, dy summed per channel."""
   if not onednn_build.available():
     pytest.skip('oneDNN convolutions unavailable here (the warning says why)')
   rng = np.random.default_rng(1)
@@ -143,11 +148,14 @@ def test_onednn_strided_kernel_gradient_routes_match_xla(route, h, cin, cout, k,
                    jnp.zeros((k, k, cin, cout), jnp.float32))
   want = vjp(dyb.astype(jnp.float32))[0]
   fn = getattr(C, f'_onednn_kernel_grad_{route}')
-  got = jax.jit(fn, static_argnums=(2, 3, 4))(xb, dyb, (k, k, cin, cout), s, p)
+  got, got_bias = jax.jit(fn, static_argnums=(2, 3, 4))(xb, dyb, (k, k, cin, cout), s, p)
   assert got.shape == want.shape and got.dtype == jnp.float32
   # Same bfloat16 products, float32 sums in another order: rounding-level differences only.
   rel = float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want))
   assert rel < 1e-5, f'{route} {(h, cin, cout, k, s, p)}: relative error {rel:.2e}'
+  want_bias = jnp.sum(dyb.astype(jnp.float32), axis=(0, 1, 2))
+  assert got_bias.shape == (cout,) and got_bias.dtype == jnp.float32
+  np.testing.assert_allclose(got_bias, want_bias, rtol=1e-5, atol=1e-4)
 
 
 @pytest.fixture

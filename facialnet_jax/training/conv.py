@@ -212,17 +212,18 @@ def _onednn_fwd(x, w, stride, padding):
 
 
 def _onednn_grads(xb, w, dyb, stride, padding):
-  """bfloat16 input gradient and float32 kernel gradient (w's dtype) from a bfloat16 dy."""
+  """bfloat16 input gradient, float32 kernel gradient (w's dtype) and float32 bias gradient
+  (dy summed per channel) from a bfloat16 dy."""
   dx = _onednn_call('facialnet_onednn_conv_backward_data',
                     jax.ShapeDtypeStruct(xb.shape, jnp.bfloat16), dyb, w.astype(jnp.bfloat16),
                     stride=stride, padding=padding)
-  dw = _onednn_kernel_grad(xb, dyb, w.shape, stride, padding)
-  return dx, dw.astype(w.dtype)
+  dw, db = _onednn_kernel_grad(xb, dyb, w.shape, stride, padding)
+  return dx, dw.astype(w.dtype), db
 
 
 def _onednn_bwd(stride, padding, res, dy):
   xb, w = res
-  dx, dw = _onednn_grads(xb, w, dy.astype(jnp.bfloat16), stride, padding)
+  dx, dw, _ = _onednn_grads(xb, w, dy.astype(jnp.bfloat16), stride, padding)
   return dx.astype(dy.dtype), dw
 
 
@@ -251,16 +252,16 @@ def _bias_relu_bwd(stride, padding, res, dy):
   # where(y > 0, dy, 0) in oneDNN: XLA:CPU widened it to float32 and rounded back (3% of a step).
   dyb = jax.ffi.ffi_call('facialnet_onednn_relu_backward',
                          jax.ShapeDtypeStruct(y.shape, jnp.bfloat16))(dy.astype(jnp.bfloat16), y)
-  db = jnp.sum(dyb.astype(jnp.float32), axis=(0, 1, 2))
-  dx, dw = _onednn_grads(xb, w, dyb, stride, padding)
-  return dx, dw, db
+  return _onednn_grads(xb, w, dyb, stride, padding)
 
 
 conv_bias_relu_onednn.defvjp(_bias_relu_fwd, _bias_relu_bwd)
 
 
 def _onednn_kernel_grad_as_forward(xb, dyb, w_shape, stride, padding):
-  """Float32 kernel gradient computed by oneDNN as a forward convolution (see onednn_conv.cc)."""
+  """Float32 kernel gradient computed by oneDNN as a forward convolution (see onednn_conv.cc),
+  and the bias gradient (a sum over dy in XLA: this route has no pass over dy to share)."""
+  db = jnp.sum(dyb.astype(jnp.float32), axis=(0, 1, 2))
   k = w_shape[0]
   _, h, wd, _ = xb.shape
   _, oh, ow, _ = dyb.shape
@@ -269,39 +270,46 @@ def _onednn_kernel_grad_as_forward(xb, dyb, w_shape, stride, padding):
   crop_w = min(0, k + (ow - 1) * stride - wd - padding)
   if crop_h or crop_w:
     xb = xb[:, :h + crop_h, :wd + crop_w]
-  return _onednn_call('facialnet_onednn_conv_backward_weights_as_forward',
-                      jax.ShapeDtypeStruct(w_shape, jnp.float32), xb, dyb, stride=stride,
-                      padding=padding)
+  dw = _onednn_call('facialnet_onednn_conv_backward_weights_as_forward',
+                    jax.ShapeDtypeStruct(w_shape, jnp.float32), xb, dyb, stride=stride,
+                    padding=padding)
+  return dw, db
 
 
 def _onednn_kernel_grad(xb, dyb, w_shape, stride, padding):
-  """Float32 kernel gradient, by the route measured fastest for the shape. A strided layer with
-  a small output (FacialNet's conv7: 5x5 from 9x9) is one forward convolution; other strided
-  layers are s*s stride-1 kernel gradients (`_onednn_kernel_grad_phases`). Isolated, batch 128:
-  conv7 20 vs 40 ms; conv3 (19x19 output) 45 vs 33 ms; whole model step +3-5%
-  (benchmarks/onednn_history.md)."""
-  if stride > 1 and w_shape[2] >= 16 and dyb.shape[1] * dyb.shape[2] <= 25:
+  """Float32 kernel and bias gradients, by the route measured fastest for the shape. A strided
+  layer with a small output (FacialNet's conv7: 5x5 from 9x9) is one forward convolution; other
+  strided layers are s*s stride-1 kernel gradients (`_onednn_kernel_grad_phases`). Isolated,
+  batch 128: conv7 20 vs 40 ms; conv3 (19x19 output) 45 vs 33 ms; whole model step +3-5%
+  (benchmarks/onednn_history.md). Stride 1, and a strided layer with too few input channels for
+  the phases' bf16 blocks (FacialNet's conv1 has one), take oneDNN's own kernel gradient: for
+  conv1 about 1 ms at batch 128, against 3.3-4 ms in XLA's float32 code (6 ms as phases)."""
+  if stride == 1 or w_shape[2] < 16:
+    return _onednn_kernel_grad_direct(xb, dyb, w_shape, stride, padding)
+  if dyb.shape[1] * dyb.shape[2] <= 25:
     return _onednn_kernel_grad_as_forward(xb, dyb, w_shape, stride, padding)
   return _onednn_kernel_grad_phases(xb, dyb, w_shape, stride, padding)
 
 
+def _kernel_and_bias(w_shape):
+  return (jax.ShapeDtypeStruct(w_shape, jnp.float32),
+          jax.ShapeDtypeStruct(w_shape[3:], jnp.float32))
+
+
+def _onednn_kernel_grad_direct(xb, dyb, w_shape, stride, padding):
+  """Float32 kernel and bias gradients by oneDNN's kernel-gradient code, at the layer's stride
+  (the bias gradient from the same pass over dy)."""
+  return _onednn_call('facialnet_onednn_conv_backward_weights', _kernel_and_bias(w_shape), xb,
+                      dyb, stride=stride, padding=padding)
+
+
 def _onednn_kernel_grad_phases(xb, dyb, w_shape, stride, padding):
-  """Float32 kernel gradient. At stride s it is s*s stride-1 ones, computed in one oneDNN call
+  """Float32 kernel and bias gradients at stride s as s*s stride-1 ones, in one oneDNN call
   (oneDNN 3.2's bf16 code for strided kernel gradients runs at a tenth of its stride-1 speed):
   kernel taps i = a + s*i' only meet input rows s*t + i - p, so phase (a, b) of the input,
   correlated with dy at stride 1, gives taps [a::s, b::s]. Same products, same count."""
-  result = jax.ShapeDtypeStruct(w_shape, jnp.float32)
-  if stride == 1:
-    return _onednn_call('facialnet_onednn_conv_backward_weights', result, xb, dyb, stride=1,
-                        padding=padding)
-  if w_shape[2] < 16:
-    # Too few input channels for oneDNN's bf16 blocks (FacialNet's conv1 has one): XLA's
-    # float32 code took half the time (6 vs 12 ms at batch 128).
-    _, vjp = jax.vjp(lambda w32: conv_xla(xb.astype(jnp.float32), w32, stride, padding),
-                     jnp.zeros(w_shape, jnp.float32))
-    return vjp(dyb.astype(jnp.float32))[0]
-  return _onednn_call('facialnet_onednn_conv_backward_weights_phases', result, xb, dyb,
-                      stride=stride, padding=padding)
+  return _onednn_call('facialnet_onednn_conv_backward_weights_phases', _kernel_and_bias(w_shape),
+                      xb, dyb, stride=stride, padding=padding)
 
 
 def conv2d(x, w, stride: int, padding: int, implementation: str = 'xla'):

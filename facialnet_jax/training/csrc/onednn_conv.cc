@@ -6,7 +6,8 @@
 //
 // Layouts are JAX's: activations NHWC, kernels HWIO. Activations and kernels are bfloat16;
 // oneDNN accumulates in float32; the kernel gradient is returned in float32 (parameters are
-// float32). Built by facialnet_jax/training/onednn_build.py on first use; see training/conv.py.
+// float32), with the bias gradient (the sum of dY per channel) from the same pass over dY.
+// Built by facialnet_jax/training/onednn_build.py on first use; see training/conv.py.
 #include <algorithm>
 #include <cstdint>
 #include <map>
@@ -45,9 +46,6 @@ struct Prepared {
   memory::desc wei_user, wei_conv;  // HWIO as JAX holds it / as the primitive wants it
   dnnl::reorder wei_reorder;        // user -> conv (forward, backward data); conv -> user (weights)
   bool needs_reorder = false;
-  // Backward weights only: the activation layouts it prefers, when not NHWC.
-  memory::desc src_conv, dst_conv;
-  dnnl::reorder src_reorder, dst_reorder;
   size_t scratch_bytes = 0;
 };
 
@@ -89,6 +87,8 @@ memory::desc Act(int64_t n, int64_t c, int64_t h, int64_t w, dt type) {
   return memory::desc({n, c, h, w}, type, tag::nhwc);
 }
 
+memory::desc Bias(int64_t o) { return memory::desc({o}, dt::f32, tag::x); }
+
 Prepared& Prepare(const Shape& sh, int kind) {
   auto it = g_cache.find(sh.key(kind));
   if (it != g_cache.end()) return it->second;
@@ -116,7 +116,7 @@ Prepared& Prepare(const Shape& sh, int kind) {
     fused.set_post_ops(ops);
     fwd_pd = dnnl::convolution_forward::primitive_desc(
         eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src,
-        memory::desc(wdims, dt::bf16, tag::any), memory::desc({sh.o}, dt::f32, tag::x), dst,
+        memory::desc(wdims, dt::bf16, tag::any), Bias(sh.o), dst,
         strides, pl, pr, fused);
   }
   if (kind == kForward || kind == kForwardBiasRelu) {
@@ -131,21 +131,18 @@ Prepared& Prepare(const Shape& sh, int kind) {
     out.wei_conv = pd.weights_desc();
     out.scratch_bytes = pd.scratchpad_desc().get_size();
   } else {
-    // oneDNN 3.2's bf16 kernel-gradient code prefers blocked activations (aBcd16b) to NHWC;
-    // letting it pick their layout costs two reorders.
-    auto src_any = memory::desc({sh.n, sh.c, sh.h, sh.w}, dt::bf16, tag::any);
-    auto dst_any = memory::desc({sh.n, sh.o, sh.oh(), sh.ow()}, dt::bf16, tag::any);
+    // X and dY read as JAX holds them (NHWC). oneDNN 3.2's bf16 kernel-gradient code would
+    // prefer them blocked (aBcd16b), but reordering both into that layout cost more than it
+    // saved: FacialNet's stride-1 kernel gradients took 33.2 ms with the reorders and 28.6 ms
+    // without at batch 128 (the strided ones' phases 24.7 and 21.6 ms), about the same at
+    // batch 25 (benchmarks/onednn_history.md).
+    // The bias gradient too, from the same pass over dY: summed in XLA it was a second pass
+    // (dropping that sum sped the whole step by 2.3-2.5%; benchmarks/onednn_history.md).
     auto pd = dnnl::convolution_backward_weights::primitive_desc(
-        eng, dnnl::algorithm::convolution_direct, src_any, wei_any, dst_any, strides, pl, pr,
+        eng, dnnl::algorithm::convolution_direct, src, wei_any, Bias(sh.o), dst, strides, pl, pr,
         fwd_pd, attr);
     out.conv = dnnl::convolution_backward_weights(pd);
     out.wei_conv = pd.diff_weights_desc();
-    out.src_conv = pd.src_desc();
-    out.dst_conv = pd.diff_dst_desc();
-    if (out.src_conv != src)
-      out.src_reorder = Reorder(src, out.src_conv);
-    if (out.dst_conv != dst)
-      out.dst_reorder = Reorder(dst, out.dst_conv);
     out.scratch_bytes = pd.scratchpad_desc().get_size();
   }
   out.needs_reorder = out.wei_conv != out.wei_user;
@@ -162,7 +159,7 @@ void* Grow(std::vector<uint8_t>& v, size_t bytes) {
 }
 
 // Runs `kind` with the kernel-side buffer `wei` (HWIO), the two activation-side buffers and,
-// for kForwardBiasRelu, the float32 bias.
+// for kForwardBiasRelu, the float32 bias (kBackwardWeights: its gradient, written).
 ffi::Error Run(const Shape& sh, int kind, void* src, void* wei, void* dst, void* bias = nullptr) {
   if (sh.n == 0) return ffi::Error::Success();
   return Locked("oneDNN convolution", [&](dnnl::stream& strm) -> ffi::Error {
@@ -180,24 +177,15 @@ ffi::Error Run(const Shape& sh, int kind, void* src, void* wei, void* dst, void*
       if (pr.needs_reorder) pr.wei_reorder.execute(strm, wei_user, wei_conv);
       std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_conv},
                                               {DNNL_ARG_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}};
-      if (bias) args.emplace(DNNL_ARG_BIAS, memory(memory::desc({sh.o}, dt::f32, tag::x), eng, bias));
+      if (bias) args.emplace(DNNL_ARG_BIAS, memory(Bias(sh.o), eng, bias));
       pr.conv.execute(strm, args);
     } else if (kind == kBackwardData) {
       if (pr.needs_reorder) pr.wei_reorder.execute(strm, wei_user, wei_conv);
       pr.conv.execute(strm, {{DNNL_ARG_DIFF_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_conv},
                              {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
     } else {
-      if (pr.src_conv != src_m.get_desc()) {
-        memory m(pr.src_conv, eng, Grow(g_src, pr.src_conv.get_size()));
-        pr.src_reorder.execute(strm, src_m, m);
-        src_m = m;
-      }
-      if (pr.dst_conv != dst_m.get_desc()) {
-        memory m(pr.dst_conv, eng, Grow(g_dst, pr.dst_conv.get_size()));
-        pr.dst_reorder.execute(strm, dst_m, m);
-        dst_m = m;
-      }
       pr.conv.execute(strm, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_DIFF_WEIGHTS, wei_conv},
+                             {DNNL_ARG_DIFF_BIAS, memory(Bias(sh.o), eng, bias)},
                              {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
       if (pr.needs_reorder) pr.wei_reorder.execute(strm, wei_conv, wei_user);
     }
@@ -284,9 +272,11 @@ ffi::Error RunKernelGradAsForward(const Shape& sh, void* x, void* dy, void* dw) 
 // bf16 code for strided kernel gradients runs at a tenth of its stride-1 speed): taps
 // i = a + s*i' only meet input rows s*t + i - p, so phase (a, b) -- every s-th row from a - p
 // and column from b - p, correlated with dY at stride 1 -- gives taps [a::s, b::s]. The phases
-// are strided views of JAX's NHWC input, reordered straight into the blocked layout the
-// primitive reads; rows before the input or past it are the primitive's padding; dY is
-// reordered once for all phases and each phase's taps written into the HWIO result in place.
+// are strided views of JAX's NHWC input, copied into a dense NHWC buffer the primitive reads;
+// rows before the input or past it are the primitive's padding; dY is read as JAX holds it
+// (NHWC: cheaper than reordering it and the phases into oneDNN's blocked layout, as for the
+// stride-1 kernel gradients) and each phase's taps written into the HWIO result in place.
+// Every phase reads all of dY: the first one run also sums it into the bias gradient.
 struct PhaseAxis {
   int64_t taps, first, rows, before, after;  // taps; first input row, real rows; padding rows
 };
@@ -305,43 +295,45 @@ PhaseAxis Axis(int64_t size, int64_t out, int64_t k, int64_t s, int64_t p, int64
 // phase is reordered in two parts, its last row apart.
 struct PreparedPhase {
   dnnl::convolution_backward_weights conv;
-  memory::desc src_conv, dst_conv, wei_conv, wei_user;
+  memory::desc src_conv, wei_conv, wei_user;
   // Part 0: all rows but the last; part 1: the last row.
   int64_t part_rows[2] = {0, 0}, src_offset[2] = {0, 0};  // src_offset: elements into x
   memory::desc src_user[2], src_part[2];
-  dnnl::reorder src_reorder[2], dst_reorder, wei_reorder;
+  dnnl::reorder src_reorder[2], wei_reorder;
   int64_t wei_offset = 0;          // elements into the HWIO kernel gradient
   size_t scratch_bytes = 0;
 };
 std::map<std::vector<int64_t>, PreparedPhase> g_phases;
 
 PreparedPhase& PreparePhase(const Shape& sh, const PhaseAxis& ph, const PhaseAxis& pw,
-                            int64_t a, int64_t b) {
-  std::vector<int64_t> key = {sh.n, sh.h, sh.w, sh.c, sh.o, sh.kh, sh.s, sh.p, a, b};
+                            int64_t a, int64_t b, bool with_bias) {
+  std::vector<int64_t> key = {sh.n, sh.h, sh.w, sh.c, sh.o, sh.kh, sh.s, sh.p, a, b, with_bias};
   auto it = g_phases.find(key);
   if (it != g_phases.end()) return it->second;
   auto& eng = Engine();
   PreparedPhase out;
   int64_t k = sh.kh, s = sh.s, c = sh.c, o = sh.o;
-  memory::dims src_dims = {sh.n, c, ph.rows, pw.rows}, wei_dims = {o, c, ph.taps, pw.taps},
-               dst_dims = {sh.n, o, sh.oh(), sh.ow()};
+  memory::dims wei_dims = {o, c, ph.taps, pw.taps};
   memory::dims view_strides = {sh.h * sh.w * c, 1, s * sh.w * c, s * c};
   out.wei_user = memory::desc(wei_dims, dt::f32, memory::dims{1, o, s * k * c * o, s * c * o});
   out.wei_offset = (a * k + b) * c * o;
   memory::dims strides = {1, 1}, pl = {ph.before, pw.before}, pr = {ph.after, pw.after};
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  auto src_any = memory::desc(src_dims, dt::bf16, tag::any);
-  auto dst_any = memory::desc(dst_dims, dt::bf16, tag::any);
+  auto src = Act(sh.n, c, ph.rows, pw.rows, dt::bf16);
+  auto dst = Act(sh.n, o, sh.oh(), sh.ow(), dt::bf16);
   auto fwd_pd = dnnl::convolution_forward::primitive_desc(
-      eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src_any,
-      memory::desc(wei_dims, dt::bf16, tag::any), dst_any, strides, pl, pr, attr);
-  auto pd = dnnl::convolution_backward_weights::primitive_desc(
-      eng, dnnl::algorithm::convolution_direct, src_any,
-      memory::desc(wei_dims, dt::f32, tag::any), dst_any, strides, pl, pr, fwd_pd, attr);
+      eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src,
+      memory::desc(wei_dims, dt::bf16, tag::any), dst, strides, pl, pr, attr);
+  auto wei_any = memory::desc(wei_dims, dt::f32, tag::any);
+  auto pd = with_bias ? dnnl::convolution_backward_weights::primitive_desc(
+                            eng, dnnl::algorithm::convolution_direct, src, wei_any, Bias(o), dst,
+                            strides, pl, pr, fwd_pd, attr)
+                      : dnnl::convolution_backward_weights::primitive_desc(
+                            eng, dnnl::algorithm::convolution_direct, src, wei_any, dst, strides,
+                            pl, pr, fwd_pd, attr);
   out.conv = dnnl::convolution_backward_weights(pd);
-  out.src_conv = pd.src_desc();
-  out.dst_conv = pd.diff_dst_desc();
+  out.src_conv = src;
   out.wei_conv = pd.diff_weights_desc();
   out.scratch_bytes = pd.scratchpad_desc().get_size();
   for (int part = 0; part < 2; ++part) {
@@ -354,27 +346,26 @@ PreparedPhase& PreparePhase(const Shape& sh, const PhaseAxis& ph, const PhaseAxi
     out.src_part[part] = out.src_conv.submemory_desc(dims, {0, 0, row, 0});
     out.src_reorder[part] = Reorder(out.src_user[part], out.src_part[part]);
   }
-  auto dst_user = Act(sh.n, o, sh.oh(), sh.ow(), dt::bf16);
-  if (out.dst_conv != dst_user) out.dst_reorder = Reorder(dst_user, out.dst_conv);
   out.wei_reorder = Reorder(out.wei_conv, out.wei_user);
   return g_phases.emplace(key, std::move(out)).first->second;
 }
 
-ffi::Error RunKernelGradPhases(const Shape& sh, void* x, void* dy, void* dw) {
+ffi::Error RunKernelGradPhases(const Shape& sh, void* x, void* dy, void* dw, void* db) {
   float* dwf = static_cast<float*>(dw);
   // Phases whose windows see only padding contribute zeros; they are not run.
   std::fill_n(dwf, sh.kh * sh.kw * sh.c * sh.o, 0.f);
+  std::fill_n(static_cast<float*>(db), sh.o, 0.f);
   if (sh.n == 0) return ffi::Error::Success();
   return Locked("oneDNN convolution", [&](dnnl::stream& strm) -> ffi::Error {
     auto& eng = Engine();
-    memory::desc dy_user = Act(sh.n, sh.o, sh.oh(), sh.ow(), dt::bf16), dy_done;
-    memory dy_m(dy_user, eng, dy);
+    memory dy_m(Act(sh.n, sh.o, sh.oh(), sh.ow(), dt::bf16), eng, dy);
+    bool bias_done = false;
     for (int64_t a = 0; a < std::min(sh.s, sh.kh); ++a) {
       for (int64_t b = 0; b < std::min(sh.s, sh.kw); ++b) {
         PhaseAxis ph = Axis(sh.h, sh.oh(), sh.kh, sh.s, sh.p, a);
         PhaseAxis pw = Axis(sh.w, sh.ow(), sh.kw, sh.s, sh.p, b);
         if (ph.rows == 0 || pw.rows == 0) continue;
-        PreparedPhase& pr = PreparePhase(sh, ph, pw, a, b);
+        PreparedPhase& pr = PreparePhase(sh, ph, pw, a, b, !bias_done);
         void* src_buffer = Grow(g_src, pr.src_conv.get_size());
         for (int part = 0; part < 2; ++part) {
           if (pr.part_rows[part] == 0) continue;
@@ -383,19 +374,15 @@ ffi::Error RunKernelGradPhases(const Shape& sh, void* x, void* dy, void* dw) {
           pr.src_reorder[part].execute(strm, view, into);
         }
         memory src(pr.src_conv, eng, src_buffer);
-        memory dst = dy_m;
-        if (pr.dst_conv != dy_user) {
-          dst = memory(pr.dst_conv, eng, Grow(g_dst, pr.dst_conv.get_size()));
-          if (pr.dst_conv != dy_done) {  // the phases share dY's layout: reordered once
-            pr.dst_reorder.execute(strm, dy_m, dst);
-            dy_done = pr.dst_conv;
-          }
-        }
         memory wei(pr.wei_conv, eng, Grow(g_wei, pr.wei_conv.get_size()));
         memory scratch(memory::desc({static_cast<int64_t>(pr.scratch_bytes)}, dt::u8, tag::x),
                        eng, Grow(g_scratch, pr.scratch_bytes));
-        pr.conv.execute(strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_WEIGHTS, wei},
-                               {DNNL_ARG_DIFF_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch}});
+        std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_WEIGHTS, wei},
+                                                {DNNL_ARG_DIFF_DST, dy_m},
+                                                {DNNL_ARG_SCRATCHPAD, scratch}};
+        if (!bias_done) args.emplace(DNNL_ARG_DIFF_BIAS, memory(Bias(sh.o), eng, db));
+        bias_done = true;
+        pr.conv.execute(strm, args);
         memory taps(pr.wei_user, eng, dwf + pr.wei_offset);
         pr.wei_reorder.execute(strm, wei, taps);
       }
@@ -519,9 +506,15 @@ ffi::Error BackwardData(ffi::Buffer<ffi::BF16> dy, ffi::Buffer<ffi::BF16> w,
 }
 
 ffi::Error BackwardWeights(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> dy,
-                           ffi::ResultBuffer<ffi::F32> dw, int64_t stride, int64_t padding) {
+                           ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> db,
+                           int64_t stride, int64_t padding) {
   Shape sh = FromDims(x.dimensions(), dw->dimensions(), stride, padding);
-  return Run(sh, kBackwardWeights, x.untyped_data(), dw->untyped_data(), dy.untyped_data());
+  if (sh.n == 0) {  // an empty batch: zero gradients
+    std::fill_n(dw->typed_data(), dw->element_count(), 0.f);
+    std::fill_n(db->typed_data(), db->element_count(), 0.f);
+  }
+  return Run(sh, kBackwardWeights, x.untyped_data(), dw->untyped_data(), dy.untyped_data(),
+             db->untyped_data());
 }
 
 ffi::Error BackwardWeightsAsForward(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> dy,
@@ -535,14 +528,15 @@ ffi::Error BackwardWeightsAsForward(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::B
 }
 
 ffi::Error BackwardWeightsPhases(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> dy,
-                                 ffi::ResultBuffer<ffi::F32> dw, int64_t stride,
-                                 int64_t padding) {
+                                 ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> db,
+                                 int64_t stride, int64_t padding) {
   Shape sh = FromDims(x.dimensions(), dw->dimensions(), stride, padding);
   if (sh.kh != sh.kw || sh.oh() != dy.dimensions()[1] || sh.ow() != dy.dimensions()[2])
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
                       "oneDNN kernel gradient: square kernels only, and dy's size must follow "
                       "from x's");
-  return RunKernelGradPhases(sh, x.untyped_data(), dy.untyped_data(), dw->untyped_data());
+  return RunKernelGradPhases(sh, x.untyped_data(), dy.untyped_data(), dw->untyped_data(),
+                             db->untyped_data());
 }
 
 }  // namespace
@@ -560,11 +554,23 @@ ffi::Error BackwardWeightsPhases(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16
 
 FACIALNET_CONV_HANDLER(FacialnetOnednnConvForward, Forward, ffi::BF16);
 FACIALNET_CONV_HANDLER(FacialnetOnednnConvBackwardData, BackwardData, ffi::BF16);
-FACIALNET_CONV_HANDLER(FacialnetOnednnConvBackwardWeights, BackwardWeights, ffi::F32);
 FACIALNET_CONV_HANDLER(FacialnetOnednnConvBackwardWeightsAsForward, BackwardWeightsAsForward,
                        ffi::F32);
-FACIALNET_CONV_HANDLER(FacialnetOnednnConvBackwardWeightsPhases, BackwardWeightsPhases,
-                       ffi::F32);
+
+// Kernel and bias gradients (float32) from X and dY (bfloat16).
+#define FACIALNET_KERNEL_BIAS_GRAD_HANDLER(symbol, function)    \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol, function,                \
+                                ffi::Ffi::Bind()                 \
+                                    .Arg<ffi::Buffer<ffi::BF16>>()  \
+                                    .Arg<ffi::Buffer<ffi::BF16>>()  \
+                                    .Ret<ffi::Buffer<ffi::F32>>()   \
+                                    .Ret<ffi::Buffer<ffi::F32>>()   \
+                                    .Attr<int64_t>("stride")     \
+                                    .Attr<int64_t>("padding"))
+
+FACIALNET_KERNEL_BIAS_GRAD_HANDLER(FacialnetOnednnConvBackwardWeights, BackwardWeights);
+FACIALNET_KERNEL_BIAS_GRAD_HANDLER(FacialnetOnednnConvBackwardWeightsPhases,
+                                   BackwardWeightsPhases);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FacialnetOnednnConvBiasReluForward, ForwardBiasRelu,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::BF16>>()
