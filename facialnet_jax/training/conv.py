@@ -33,10 +33,11 @@ Implementations (all compute the same function; see ``tests/test_conv.py``):
     CPU only: oneDNN's bfloat16 convolutions (AVX512-BF16 instructions, float32
     accumulation) called through XLA's FFI with a custom VJP; activations and
     kernels are rounded to bfloat16 inside the layer, the kernel gradient comes
-    back in float32. XLA:CPU's own convolutions never use the bf16 instructions.
-    Stride-2 kernel gradients are computed as four stride-1 ones, or for small outputs as
-    one forward convolution (see `_onednn_kernel_grad`): oneDNN 3.2's bf16 code for strided
-    ones is slow. With ``relu=True`` (FacialNet without BatchNorm) the bias and ReLU run
+    back in float32 (with the bias gradient from the same pass over dy). XLA:CPU's own
+    convolutions never use the bf16 instructions. Stride-2 kernel gradients are computed as
+    four stride-1 ones, or for small outputs as one forward convolution (see
+    `_onednn_kernel_grad`): oneDNN 3.2's bf16 code for strided ones is slow, except with a
+    single input channel (FacialNet's conv1), which takes it. With ``relu=True`` (FacialNet without BatchNorm) the bias and ReLU run
     inside the forward convolution (`conv_bias_relu_onednn`) and the layer returns bfloat16.
     The library is compiled on first use (``facialnet_jax/training/onednn_build.py``, needs
     oneDNN 3.x, a dependency on Linux x86-64, and a C++ compiler); where that is impossible
@@ -223,6 +224,8 @@ def _onednn_grads(xb, w, dyb, stride, padding):
 
 def _onednn_bwd(stride, padding, res, dy):
   xb, w = res
+  # Without the fused bias (BatchNorm configs) XLA adds the bias and differentiates it itself:
+  # the bias gradient that oneDNN's kernel-gradient pass computes anyway is dropped.
   dx, dw, _ = _onednn_grads(xb, w, dy.astype(jnp.bfloat16), stride, padding)
   return dx.astype(dy.dtype), dw
 
@@ -292,6 +295,7 @@ def _onednn_kernel_grad(xb, dyb, w_shape, stride, padding):
 
 
 def _kernel_and_bias(w_shape):
+  """The FFI results of a kernel-gradient call: float32 HWIO kernel and per-channel bias."""
   return (jax.ShapeDtypeStruct(w_shape, jnp.float32),
           jax.ShapeDtypeStruct(w_shape[3:], jnp.float32))
 
