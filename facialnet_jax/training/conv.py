@@ -37,8 +37,9 @@ Implementations (all compute the same function; see ``tests/test_conv.py``):
     convolutions never use the bf16 instructions. Stride-2 kernel gradients are computed as
     four stride-1 ones, or for small outputs as one forward convolution (see
     `_onednn_kernel_grad`): oneDNN 3.2's bf16 code for strided ones is slow, except with a
-    single input channel (FacialNet's conv1), which takes it. With ``relu=True`` (FacialNet without BatchNorm) the bias and ReLU run
-    inside the forward convolution (`conv_bias_relu_onednn`) and the layer returns bfloat16.
+    single input channel (FacialNet's conv1), which takes it. With ``relu=True`` (FacialNet
+    without BatchNorm) the bias and ReLU run inside the forward convolution
+    (`conv_bias_relu_onednn`) and the layer returns bfloat16.
     The library is compiled on first use (``facialnet_jax/training/onednn_build.py``, needs
     oneDNN 3.x, a dependency on Linux x86-64, and a C++ compiler); where that is impossible
     (no compiler or oneDNN, no AVX512-BF16, not a CPU backend) the layer logs one line and
@@ -286,7 +287,7 @@ def _onednn_kernel_grad(xb, dyb, w_shape, stride, padding):
   batch 128: conv7 20 vs 40 ms; conv3 (19x19 output) 45 vs 33 ms; whole model step +3-5%
   (benchmarks/onednn_history.md). Stride 1, and a strided layer with too few input channels for
   the phases' bf16 blocks (FacialNet's conv1 has one), take oneDNN's own kernel gradient: for
-  conv1 about 1 ms at batch 128, against 3.3-4 ms in XLA's float32 code (6 ms as phases)."""
+  conv1 about 1 ms at batch 128, against 3.3-4 ms in XLA's float32 code (12 ms as phases)."""
   if stride == 1 or w_shape[2] < 16:
     return _onednn_kernel_grad_direct(xb, dyb, w_shape, stride, padding)
   if dyb.shape[1] * dyb.shape[2] <= 25:
