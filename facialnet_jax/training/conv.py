@@ -36,10 +36,10 @@ Implementations (all compute the same function; see ``tests/test_conv.py``):
     back in float32 (with the bias gradient from the same pass over dy). XLA:CPU's own
     convolutions never use the bf16 instructions. Stride-2 kernel gradients are computed as
     four stride-1 ones, or for small outputs as one forward convolution (see
-    `_onednn_kernel_grad`): oneDNN 3.2's bf16 code for strided ones is slow, except with a
-    single input channel (FacialNet's conv1), which takes it. With ``relu=True`` (FacialNet
-    without BatchNorm) the bias and ReLU run inside the forward convolution
-    (`conv_bias_relu_onednn`) and the layer returns bfloat16.
+    `_onednn_kernel_grad`), measured faster than oneDNN 3.2's strided kernel-gradient code at
+    batch 128 and up; that code takes a layer with one input channel (FacialNet's conv1).
+    With ``relu=True`` (FacialNet without BatchNorm) the bias and ReLU run inside the forward
+    convolution (`conv_bias_relu_onednn`) and the layer returns bfloat16.
     The library is compiled on first use (``facialnet_jax/training/onednn_build.py``, needs
     oneDNN 3.x, a dependency on Linux x86-64, and a C++ compiler); where that is impossible
     (no compiler or oneDNN, no AVX512-BF16, not a CPU backend) the layer logs one line and
@@ -283,11 +283,15 @@ def _onednn_kernel_grad_as_forward(xb, dyb, w_shape, stride, padding):
 def _onednn_kernel_grad(xb, dyb, w_shape, stride, padding):
   """Float32 kernel and bias gradients, by the route measured fastest for the shape. A strided
   layer with a small output (FacialNet's conv7: 5x5 from 9x9) is one forward convolution; other
-  strided layers are s*s stride-1 kernel gradients (`_onednn_kernel_grad_phases`). Isolated,
-  batch 128: conv7 20 vs 40 ms; conv3 (19x19 output) 45 vs 33 ms; whole model step +3-5%
-  (benchmarks/onednn_history.md). Stride 1, and a strided layer with too few input channels for
-  the phases' bf16 blocks (FacialNet's conv1 has one), take oneDNN's own kernel gradient: for
-  conv1 about 1 ms at batch 128, against 3.3-4 ms in XLA's float32 code (12 ms as phases)."""
+  strided layers are s*s stride-1 kernel gradients (`_onednn_kernel_grad_phases`). Alone,
+  against oneDNN's strided kernel-gradient code (reading NHWC): batch 128, conv7 14.2 vs
+  16.9-19.4 ms, conv3 (19x19 output) 10.8-12.0 vs 11.8-13.4, conv6 about even (11.5-12.1 vs
+  11.3-12.9); batch 250, conv7 26.7 vs 36.4, conv3 25.3 vs 30.2. At batch 25 oneDNN's own was
+  the faster one alone (conv3 1.84 vs 2.01 ms, conv7 2.73 vs 3.23), but the whole step measured
+  the same either way (benchmarks/onednn_history.md). Stride 1, and a strided layer with too
+  few input channels for the phases' bf16 blocks (FacialNet's conv1 has one), take oneDNN's own
+  kernel gradient: for conv1 about 1 ms at batch 128, against 3.3-4 ms in XLA's float32 code
+  (12 ms as phases)."""
   if stride == 1 or w_shape[2] < 16:
     return _onednn_kernel_grad_direct(xb, dyb, w_shape, stride, padding)
   if dyb.shape[1] * dyb.shape[2] <= 25:
@@ -310,7 +314,8 @@ def _onednn_kernel_grad_direct(xb, dyb, w_shape, stride, padding):
 
 def _onednn_kernel_grad_phases(xb, dyb, w_shape, stride, padding):
   """Float32 kernel and bias gradients at stride s as s*s stride-1 ones, in one oneDNN call
-  (oneDNN 3.2's bf16 code for strided kernel gradients runs at a tenth of its stride-1 speed):
+  (faster than oneDNN 3.2's strided kernel-gradient code at batch 128 and up; measurements
+  in `_onednn_kernel_grad`):
   kernel taps i = a + s*i' only meet input rows s*t + i - p, so phase (a, b) of the input,
   correlated with dy at stride 1, gives taps [a::s, b::s]. Same products, same count."""
   return _onednn_call('facialnet_onednn_conv_backward_weights_phases', _kernel_and_bias(w_shape),

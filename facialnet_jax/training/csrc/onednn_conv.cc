@@ -193,8 +193,9 @@ ffi::Error Run(const Shape& sh, int kind, void* src, void* wei, void* dst, void*
   });
 }
 
-// The kernel gradient of a strided convolution as a forward convolution, whose code (brgemm)
-// is several times faster in oneDNN 3.2 than its strided kernel-gradient code:
+// The kernel gradient of a strided convolution as a forward convolution (brgemm code), faster
+// for a small output than oneDNN 3.2's strided kernel-gradient code at batch 128 and up (see
+// conv.py's _onednn_kernel_grad for the measurements):
 //   dW[o, c, i, j] = sum_{n, t, u} X[n, c, s*t + i - p, s*u + j - p] * dY[n, o, t, u]
 // is a convolution whose batch is c, whose input channels are n, whose kernel is dY (o, n, t, u)
 // dilated by s - 1, and whose output is the k x k kernel. JAX's NHWC buffers are read as
@@ -268,8 +269,9 @@ ffi::Error RunKernelGradAsForward(const Shape& sh, void* x, void* dy, void* dw) 
   });
 }
 
-// The kernel gradient of a strided convolution as s*s stride-1 ones, in one call (oneDNN 3.2's
-// bf16 code for strided kernel gradients runs at a tenth of its stride-1 speed): taps
+// The kernel gradient of a strided convolution as s*s stride-1 ones, in one call (faster than
+// oneDNN 3.2's strided kernel-gradient code at batch 128 and up; conv.py's _onednn_kernel_grad
+// has the measurements): taps
 // i = a + s*i' only meet input rows s*t + i - p, so phase (a, b) -- every s-th row from a - p
 // and column from b - p, correlated with dY at stride 1 -- gives taps [a::s, b::s]. The phases
 // are strided views of JAX's NHWC input, copied into a dense NHWC buffer the primitive reads;
