@@ -60,3 +60,47 @@ def test_tracebacks_that_two_threads_print_at_once_are_each_recognised(tmp_path)
     logging_setup.keep_details_in(None)
   assert out.getvalue() == REAL
   assert details.read_text() == HARMLESS + HARMLESS
+
+
+def test_a_flush_from_another_thread_does_not_let_a_half_printed_traceback_out(tmp_path):
+  """The CI failure of 2026-12-06: a log record written (and flushed) by another thread while a
+  tensorstore thread was half-way through its 'Event loop is closed' traceback let it out."""
+  details = tmp_path / 'errors.log'
+  logging_setup.keep_details_in(str(details))
+  out = io.StringIO()
+  stream = logging_setup._StderrWithoutHarmlessTracebacks(out)  # pylint: disable=protected-access
+  half_printed, flushed = threading.Event(), threading.Event()
+
+  def print_traceback():
+    lines = HARMLESS.splitlines(keepends=True)
+    for line in lines[:2]:
+      stream.write(line)
+    half_printed.set()
+    flushed.wait()
+    for line in lines[2:]:
+      stream.write(line)
+
+  try:
+    thread = threading.Thread(target=print_traceback)
+    thread.start()
+    half_printed.wait()
+    stream.write('E orbax reported an error; its full report is in errors.log.\n')
+    stream.flush()
+    flushed.set()
+    thread.join()
+  finally:
+    logging_setup.keep_details_in(None)
+  assert out.getvalue() == 'E orbax reported an error; its full report is in errors.log.\n'
+  assert details.read_text() == HARMLESS
+
+
+def test_what_a_thread_left_half_printed_is_written_at_exit():
+  out = io.StringIO()
+  stream = logging_setup._StderrWithoutHarmlessTracebacks(out)  # pylint: disable=protected-access
+  thread = threading.Thread(target=stream.write, args=(REAL[:60],))
+  thread.start()
+  thread.join()
+  stream.flush()
+  assert out.getvalue() == ''
+  stream.flush_all_threads()
+  assert out.getvalue() == REAL[:60]

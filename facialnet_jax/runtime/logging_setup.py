@@ -1,5 +1,6 @@
 """Readable logs: the run's own lines at INFO; library chatter and start-up notices only as warnings; library error reports in the workdir."""
 
+import atexit
 import logging as std_logging
 import os
 import sys
@@ -147,13 +148,23 @@ class _StderrWithoutHarmlessTracebacks:
         self._stream.write(''.join(block))
 
   def flush(self) -> None:
+    # Only the calling thread's held text: every log record flushes, and one thread's record
+    # flushing another's half-printed harmless traceback let it out (CI, 2026-12-06). A held
+    # block ends with its exception's line and is sorted then, even after divert_stderr.
+    thread = threading.get_ident()
     with self._lock:
-      for block in self._block.values():
-        self._stream.write(''.join(block))
-      self._stream.write(''.join(self._partial.values()))
+      self._stream.write(''.join(self._block.pop(thread, [])) + self._partial.pop(thread, ''))
+      self._stream.flush()
+
+  def flush_all_threads(self) -> None:
+    """At exit: whatever other threads left half-printed (after divert_stderr, into the file)."""
+    with self._lock:
+      held = [''.join(block) for block in self._block.values()] + list(self._partial.values())
       self._block.clear()
       self._partial.clear()
-      self._stream.flush()
+      if any(held):
+        self._stream.write(''.join(held))
+        self._stream.flush()
 
   def __getattr__(self, name):
     return getattr(self._stream, name)
@@ -163,3 +174,4 @@ def filter_stderr() -> None:
   """Installs the filtering sys.stderr (commands call it once, at start)."""
   if not isinstance(sys.stderr, _StderrWithoutHarmlessTracebacks):
     sys.stderr = _StderrWithoutHarmlessTracebacks(sys.stderr)
+    atexit.register(sys.stderr.flush_all_threads)
