@@ -13,6 +13,7 @@ as have killed runs and damaged checkpoints (test_crash_safety.py).
   PREDICT_CASES  python -m facialnet_jax.predict on photos of every kind, and bad flags
 """
 
+import logging
 import os
 import pathlib
 import re
@@ -38,6 +39,7 @@ from facialnet_jax.data import demo_faces
 from facialnet_jax.data import input_pipeline
 from facialnet_jax.data.tfds_common import BadRecordError
 from facialnet_jax.data.tfds_common import BadSourceError
+from facialnet_jax.runtime import logging_setup
 from facialnet_jax.runtime import run_directory
 from facialnet_jax.runtime.errors import UserError
 from facialnet_jax.training import train
@@ -110,6 +112,7 @@ def test_launch_answers_bad_input_in_one_line(tmp_path, case, args, devices, exp
   args = [a.replace('{tmp}', str(tmp_path)) for a in args]
   finished = run_launch('--workdir', str(tmp_path / 'run'), *args, devices=devices)
   _assert_one_line_error(finished, expected, status)
+  assert 'Variant folder' not in finished.stderr  # tfds on a folder that does not exist
   # Nothing was trained: no workdir holding only a lock file is left to look like a run.
   assert not (tmp_path / 'run').exists()
 
@@ -128,6 +131,24 @@ def test_a_data_set_built_into_another_data_dir_is_named_with_the_flag(tmp_path,
       f'The data set tfds_adience/gray75 has not been built in {tmp_path}/elsewhere, but it is '
       f'in {built}: pass --config.data.data_dir={built}.')):
     input_pipeline.tfds_builder(data)
+
+
+def test_tfds_notice_stays_for_a_half_built_data_set_only(tmp_path, caplog):
+  """The commands drop tfds's "Variant folder … has no dataset_info.json" where the folder does
+  not exist (their own error says it is not built) and keep it where a build stopped half-way."""
+  (tmp_path / 'half' / 'tfds_adience' / 'gray75' / '1.0.0').mkdir(parents=True)
+  absl_logger = logging.getLogger('absl')
+  quiet = logging_setup._QuietLibraries()  # pylint: disable=protected-access
+  absl_logger.addFilter(quiet)
+  try:
+    with caplog.at_level('WARNING'):
+      for data_dir in ('never_built', 'half'):
+        assert not tfds.builder('tfds_adience/gray75', data_dir=tmp_path / data_dir).is_prepared()
+  finally:
+    absl_logger.removeFilter(quiet)
+  notices = [r.getMessage() for r in caplog.records if r.getMessage().startswith('Variant folder')]
+  assert notices == [f'Variant folder {tmp_path}/half/tfds_adience/gray75/1.0.0 has no '
+                     'dataset_info.json']
 
 
 # ---------------------------------------------------------------------------------------------
