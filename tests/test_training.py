@@ -231,6 +231,19 @@ def test_augmentation_agrees_across_device_counts():
   assert float(finished.stdout.strip().splitlines()[-1]) < 1e-4
 
 
+def test_the_quick_start_builds_the_demo_in_two_lines_without_library_noise(tmp_path):
+  """The README's first command in a log file (not a terminal): the demo build's start and
+  summary lines, no tqdm cursor escapes, no tfds INFO lines, no 'Variant folder' warning."""
+  finished = run_launch('--config', 'configs/demo.py', '--workdir', str(tmp_path / 'run'),
+                        f'--config.data.data_dir={tmp_path / "data"}', '--config.num_epochs=1')
+  assert finished.returncode == 0, finished.stderr[-3000:]
+  assert finished.stdout.startswith('Building tfds_adience/gray75 from '), finished.stdout
+  assert '2,500 examples (fold0 500, ' in finished.stdout, finished.stdout
+  output = finished.stdout + finished.stderr
+  for noise in ('\x1b', 'Generating', 'Shuffling', 'Load dataset info', 'Variant folder'):
+    assert noise not in output, (noise, output[-3000:])
+
+
 def test_launch_writes_events_checkpoints_and_resumes_on_rerun(tmp_path):
   workdir = tmp_path / 'run'
   args = ('--config', 'configs/synthetic.py', '--workdir', str(workdir), *tiny_flags())

@@ -15,9 +15,11 @@ _QUIET_LOGGERS = ('jax._src.xla_bridge', 'jax._src.compilation_cache')
 
 
 # Where INFO records only repeat what the run says itself: orbax (dozens of lines per
-# checkpoint) and clu's LoggingWriter (every metric as one long line, several per epoch; the
-# run's "Epoch k/N" line says the same, and the TensorBoard events keep every value).
-_QUIET_PATHS = ('/orbax/', '/clu/metric_writers/logging_writer.py')
+# checkpoint), clu's LoggingWriter (every metric as one long line, several per epoch; the
+# run's "Epoch k/N" line says the same, and the TensorBoard events keep every value) and tfds
+# ("Load dataset info from …" at every start; "Generating dataset …" and a line per shard when
+# the demo is built, which the build's own start and summary lines say).
+_QUIET_PATHS = ('/orbax/', '/clu/metric_writers/logging_writer.py', '/tensorflow_datasets/')
 
 
 def _is_tfds_notice_of_a_missing_folder(record: std_logging.LogRecord) -> bool:
@@ -48,6 +50,10 @@ def configure() -> None:
   # here: TensorFlow only writes the event files and reads TFRecord builds, no float maths.
   # TF_CPP_MIN_LOG_LEVEL=1 drops the other INFO notices (e.g. cpu_feature_guard's), not warnings.
   os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+  if not sys.stderr.isatty():
+    # tqdm's bars (tfds building the demo) in a log file are cursor escapes; tqdm reads this
+    # when it is imported, as `tfds build` does for its own bars off a terminal.
+    os.environ.setdefault('TQDM_DISABLE', '1')
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
   logging.set_verbosity(logging.INFO)
   for name in _QUIET_LOGGERS:
