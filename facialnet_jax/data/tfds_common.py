@@ -29,6 +29,7 @@ import tensorflow_datasets as tfds
 
 from facialnet_jax.data import preprocessing
 from facialnet_jax.data.age_groups import UNKNOWN
+from facialnet_jax.runtime import logging_setup
 from facialnet_jax.runtime.errors import UserError
 # At most this many dropped rows are listed one by one in the metadata (all are counted).
 MAX_LISTED_DROPS = 2000
@@ -141,8 +142,9 @@ class _QuietBuildLogs:
   quiet_build_command_line)."""
 
   def filter(self, record) -> bool:
-    # tfds's warning about the very folder it is about to fill.
-    return not str(record.msg).startswith('Variant folder')
+    # tfds's warning about the very folder it is about to fill (the commands' rule: a folder
+    # left half-built by an earlier try still warns).
+    return not logging_setup.is_tfds_notice_of_a_missing_folder(record)
 
 
 def quiet_build_command_line() -> None:

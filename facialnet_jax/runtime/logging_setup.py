@@ -22,10 +22,11 @@ _QUIET_LOGGERS = ('jax._src.xla_bridge', 'jax._src.compilation_cache')
 _QUIET_PATHS = ('/orbax/', '/clu/metric_writers/logging_writer.py', '/tensorflow_datasets/')
 
 
-def _is_tfds_notice_of_a_missing_folder(record: std_logging.LogRecord) -> bool:
+def is_tfds_notice_of_a_missing_folder(record: std_logging.LogRecord) -> bool:
   """tfds.builder warns "Variant folder D has no dataset_info.json" for a data set that was never
   built, where D does not exist; the command's own error then says what is missing and how to
-  build it. A folder that exists without the file (a build stopped half-way) still warns."""
+  build it; `tfds build` says it for the folder it is about to fill. A folder that exists
+  without the file (a build stopped half-way) still warns."""
   return (record.pathname.endswith('/tensorflow_datasets/core/utils/file_utils.py')
           and record.msg == 'Variant folder %s has no %s' and isinstance(record.args, tuple)
           and len(record.args) == 2 and not os.path.exists(str(record.args[0])))
@@ -36,7 +37,7 @@ class _QuietLibraries(std_logging.Filter):
   about a folder that does not exist."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    if _is_tfds_notice_of_a_missing_folder(record):
+    if is_tfds_notice_of_a_missing_folder(record):
       return False
     return (record.levelno >= std_logging.WARNING
             or not any(path in record.pathname for path in _QUIET_PATHS))
